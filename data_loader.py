@@ -410,8 +410,8 @@ def encode_sentences(tokenizer, sentences: list[list[str]], max_length: int, ove
             labels = None
             if sentence_tags is not None:
                 window_tags = list(sentence_tags[first:end])
-                if window_tags[0].startswith("I-"):
-                    window_tags[0] = "B-" + window_tags[0][2:]
+                if window_tags[0].startswith("I-") and "B-" + window_tags[0][2:] in label2id:
+                    window_tags[0] = "B-" + window_tags[0][2:]  # BIO labels: a window starts an entity
                 labels = tuple(label2id[t] for t in window_tags)
             windows.append(EncodedWindow(tuple(input_ids), tuple(word_starts), labels, index, first))
     return windows

@@ -1,0 +1,121 @@
+"""Distillation losses, each a pure function of student output, teacher output and a mask.
+
+All losses work on words (the first subword of each word, packed left: (B, W, C)),
+except the hidden-state loss, which covers every real token. The total is
+
+    loss = w_ce * CE + w_kd * KD + w_hidden * HIDDEN + w_crf * CRF_NLL
+
+and a term whose weight is 0 is not computed at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models import LabelProjection
+
+
+def cross_entropy(emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean CE over real words. emissions (B, W, C), labels (B, W), mask (B, W) bool."""
+    return F.cross_entropy(emissions[mask].float(), labels[mask])
+
+
+@dataclass(frozen=True)
+class KDMapping:
+    """Tensors that put teacher and student distributions in one space (see LabelProjection)."""
+    teacher_order: torch.Tensor | None   # (C_s,) teacher column for each student label
+    teacher_types: torch.Tensor | None   # (C_t, K) log-membership: 0 if label in type, -inf if not
+    student_types: torch.Tensor | None   # (C_s, K)
+    known_labels: torch.Tensor           # (C_s,) bool: gold label whose type the teacher knows
+
+    @classmethod
+    def from_projection(cls, projection: LabelProjection, device=None) -> "KDMapping":
+        known = torch.tensor([projection.types[t] not in projection.unknown_to_teacher
+                              for t in projection.student_type_ids], device=device)
+        if projection.full_label:
+            return cls(torch.tensor(projection.teacher_order, device=device), None, None, known)
+
+        def membership(type_ids):
+            member = F.one_hot(torch.tensor(type_ids), len(projection.types)).bool()
+            return torch.zeros(member.shape).masked_fill(~member, float("-inf")).to(device)
+        return cls(None, membership(projection.teacher_type_ids),
+                   membership(projection.student_type_ids), known)
+
+    def to(self, device) -> "KDMapping":
+        move = lambda t: None if t is None else t.to(device)
+        return KDMapping(move(self.teacher_order), move(self.teacher_types),
+                         move(self.student_types), move(self.known_labels))
+
+
+def kd_loss(emissions_s: torch.Tensor, emissions_t: torch.Tensor, mask: torch.Tensor,
+            mapping: KDMapping, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature T, scaled by T², mean over masked words.
+
+    emissions_s (B, W, C_s), emissions_t (B, W, C_t), mask (B, W). With identical label
+    sets the full distributions are compared; otherwise probabilities are summed per
+    entity type first (type-level KD).
+    """
+    log_p_s = F.log_softmax(emissions_s[mask].float() / temperature, dim=-1)   # (N, C_s)
+    log_p_t = F.log_softmax(emissions_t[mask].float() / temperature, dim=-1)   # (N, C_t)
+    if mapping.teacher_order is not None:
+        log_q_s, log_q_t = log_p_s, log_p_t[:, mapping.teacher_order]
+    else:
+        log_q_s = torch.logsumexp(log_p_s.unsqueeze(-1) + mapping.student_types, dim=1)  # (N, K)
+        log_q_t = torch.logsumexp(log_p_t.unsqueeze(-1) + mapping.teacher_types, dim=1)  # (N, K)
+    q_t = log_q_t.exp()
+    # 0 * log 0 = 0: types the teacher gives no mass contribute nothing
+    terms = torch.where(q_t > 0, q_t * (log_q_t - log_q_s), torch.zeros_like(q_t))
+    return terms.sum(dim=-1).mean() * temperature ** 2
+
+
+def hidden_state_loss(hidden_s: list[torch.Tensor], hidden_t: list[torch.Tensor],
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+    """Patient-KD loss on every real token: ||s/|s| - t/|t|||² per token, mean over tokens
+    and layer pairs. hidden_s[i] and hidden_t[i] are (B, T, H) for the i-th mapped pair."""
+    real = attention_mask.bool()
+    per_layer = []
+    for h_s, h_t in zip(hidden_s, hidden_t):
+        diff = F.normalize(h_s[real].float(), dim=-1) - F.normalize(h_t[real].float(), dim=-1)
+        per_layer.append(diff.pow(2).sum(dim=-1).mean())
+    return torch.stack(per_layer).mean()
+
+
+def crf_nll(crf, emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CRF negative log-likelihood per word (pytorch-crf's token mean) over word-level emissions.
+
+    The mask must be contiguous from the first word, which word packing guarantees.
+    """
+    with torch.autocast(device_type=emissions.device.type, enabled=False):
+        return -crf(emissions.float(), labels, mask=mask, reduction="token_mean")
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """What the frozen teacher contributes to a batch (computed under inference mode)."""
+    emissions: torch.Tensor | None      # (B, W, C_t) word-level logits; None when KD is off
+    hidden: list[torch.Tensor] | None   # (B, T, H) per student layer, from the mapped teacher layer
+
+
+def combined_loss(emissions_s: torch.Tensor, hidden_s: list[torch.Tensor] | None,
+                  targets: TeacherTargets | None, word_labels: torch.Tensor, word_mask: torch.Tensor,
+                  attention_mask: torch.Tensor, crf, weights, mapping: KDMapping | None,
+                  temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the enabled losses, and each unweighted term by name (for logging).
+
+    `weights` has ce, kd, hidden and crf; a zero weight skips the term.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if weights.ce > 0:
+        terms["ce"] = cross_entropy(emissions_s, word_labels, word_mask)
+    if weights.kd > 0:
+        kd_mask = word_mask & mapping.known_labels[word_labels]
+        terms["kd"] = (kd_loss(emissions_s, targets.emissions, kd_mask, mapping, temperature)
+                       if kd_mask.any() else emissions_s.sum() * 0.0)
+    if weights.hidden > 0:
+        terms["hidden"] = hidden_state_loss(hidden_s, targets.hidden, attention_mask)
+    if weights.crf > 0 and crf is not None:
+        terms["crf"] = crf_nll(crf, emissions_s, word_labels, word_mask)
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    return total, terms

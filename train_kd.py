@@ -1,0 +1,84 @@
+"""Stage 1: distil the teacher into a shallower student (knowledge distillation).
+
+    python train_kd.py --config configs/kd_camembert.yaml --output artifacts/student_10L
+    python train_kd.py --set training.max_epochs=1 --set teacher.model_name=/path/to/teacher
+    python train_kd.py --output artifacts/student_10L --resume          # after a stopped pod
+    torchrun --nproc_per_node 2 train_kd.py --output artifacts/student_10L   # several GPUs (DDP)
+
+Writes into --output: the best student by val F1 (config.json, model.safetensors, tokenizer
+files), training_log.jsonl, training_summary.json and checkpoint/.
+"""
+import argparse
+import sys
+from dataclasses import replace
+
+from data_loader import encode_sentences, read_examples, read_label2id
+from losses import KDMapping
+from models import (build_student, count_parameters, load_teacher, max_subwords, project_labels,
+                    select_teacher_layers)
+from training import (StopFlag, TrainSettings, add_run_args, finish_run, load_student_for_resume,
+                      make_eval_set, prepare_run_dir, train)
+from utils import (add_config_args, close_runtime, config_to_dict, init_runtime, load_config,
+                   package_versions, resolve_precision, run_cli, set_seed)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    add_run_args(parser, default_output="artifacts/student_10L")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    runtime = init_runtime(args.device)
+    say = print if runtime.is_main else (lambda *a, **k: None)
+    run_dir = prepare_run_dir(args, runtime)
+
+    label2id = read_label2id(config.data.label2id_file)
+    labels = sorted(label2id, key=label2id.get)
+    train_examples = read_examples(config.data.train_file, label2id)
+    val_examples = read_examples(config.data.val_file, label2id)
+    test_examples = read_examples(config.data.test_file, label2id) if config.data.test_file else None
+
+    say(f"Loading teacher {config.teacher.model_name} ...")
+    teacher, tokenizer = load_teacher(config.teacher.model_name)
+    projection = project_labels(list(teacher.labels), labels, config.distillation.label_map)
+    say(projection.describe())
+    set_seed(config.training.seed)
+    if args.resume:
+        student, _ = load_student_for_resume(run_dir, "cpu")
+    else:
+        layer_ids = select_teacher_layers(len(teacher.info.teacher_layers), config.student.num_layers,
+                                          config.student.layers)
+        student = build_student(teacher, layer_ids, labels, projection, config.student.use_crf)
+    say(f"Student: {len(student.info.teacher_layers)} layers copied from teacher layers "
+        f"{list(student.info.teacher_layers)}, CRF {'on' if student.crf is not None else 'off'}, "
+        f"{count_parameters(student) / 1e6:.1f}M parameters (teacher {count_parameters(teacher) / 1e6:.1f}M).")
+
+    max_length = min(config.data.max_seq_length, max_subwords(teacher))
+    train_windows = encode_sentences(tokenizer, [list(e.tokens) for e in train_examples], max_length,
+                                     tags=[list(e.tags) for e in train_examples], label2id=label2id)
+    val_set = make_eval_set(tokenizer, val_examples, max_length)
+    test_set = make_eval_set(tokenizer, test_examples, max_length) if test_examples else None
+    weights = config.distillation.weights
+    settings = TrainSettings.from_config(
+        config.training, epochs=config.training.max_epochs, learning_rate=config.training.learning_rate,
+        weights=weights if student.crf is not None else replace(weights, crf=0.0),
+        temperature=config.distillation.temperature, max_length=max_length,
+        precision=resolve_precision(config.training.mixed_precision, runtime.device))
+    say(f"{len(train_examples)} train sentences ({len(train_windows)} windows), {len(val_examples)} val; "
+        f"device {runtime.device} x{runtime.world_size}, precision {settings.precision}.")
+
+    summary = {"stage": "kd", "teacher": config.teacher.model_name,
+               "parameters": {"teacher": count_parameters(teacher), "student": count_parameters(student)},
+               "label_projection": projection.describe(), "precision": settings.precision,
+               "device": str(runtime.device), "world_size": runtime.world_size,
+               "package_versions": package_versions(), "command": sys.argv, "config": config_to_dict(config)}
+    result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir, runtime,
+                   StopFlag().install(), config_to_dict(config),
+                   kd_mapping=KDMapping.from_projection(projection), resume=args.resume)
+    code = finish_run(result, run_dir, summary, runtime, ["train_kd.py"] + list(argv or sys.argv[1:]))
+    close_runtime(runtime)
+    return code
+
+
+if __name__ == "__main__":
+    run_cli(main)
