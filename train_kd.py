@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     config = load_config(args.config, args.overrides)
     runtime = init_runtime(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
-    run_dir = prepare_run_dir(args, runtime)
+    prepare_run_dir(args, runtime, create=False)
 
     label2id = read_label2id(config.data.label2id_file)
     labels = sorted(label2id, key=label2id.get)
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     teacher, tokenizer = load_teacher(config.teacher.model_name)
     projection = project_labels(list(teacher.labels), labels, config.distillation.label_map)
     say(projection.describe())
+    run_dir = prepare_run_dir(args, runtime)
     set_seed(config.training.seed)
     if args.resume:
         student, _ = load_student_for_resume(run_dir, "cpu")
@@ -72,9 +73,10 @@ def main(argv=None) -> int:
                "label_projection": projection.describe(), "precision": settings.precision,
                "device": str(runtime.device), "world_size": runtime.world_size,
                "package_versions": package_versions(), "command": sys.argv, "config": config_to_dict(config)}
-    result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir, runtime,
-                   StopFlag().install(), config_to_dict(config),
-                   kd_mapping=KDMapping.from_projection(projection), resume=args.resume)
+    with StopFlag() as stop:
+        result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir,
+                       runtime, stop, config_to_dict(config), kd_mapping=KDMapping.from_projection(projection),
+                       resume=args.resume)
     code = finish_run(result, run_dir, summary, runtime, ["train_kd.py"] + list(argv or sys.argv[1:]))
     close_runtime(runtime)
     return code

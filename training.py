@@ -94,15 +94,21 @@ def evaluate(model: NERModel, eval_set: EvalSet, pad_id: int, batch_size: int,
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT (a stopped pod, Ctrl-C); the loop checkpoints and exits."""
+    """Set by SIGTERM/SIGINT (a stopped pod, Ctrl-C) while in its `with` block; the loop
+    then checkpoints and exits. The previous handlers come back on exit."""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self._previous: dict = {}
 
-    def install(self) -> "StopFlag":
+    def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
@@ -128,6 +134,7 @@ class LoopState:
     bad_epochs: int = 0
     history: list = field(default_factory=list)
     elapsed: float = 0.0         # seconds spent before this process
+    log_sums: dict = field(default_factory=dict)  # loss sums since the last log line
 
 
 @dataclass
@@ -314,11 +321,12 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
         initial = evaluate(student, val_set, tokenizer.pad_token_id, settings.eval_batch_size, device, autocast)
         state.history.append({"epoch": 0, "step": 0, "val": initial})
 
-    running: dict[str, torch.Tensor] = {}
+    running: dict[str, torch.Tensor | float] = dict(state.log_sums)
     window_count, window_clock = 0, time.time()
     stopped_by, early_stopped = None, False
 
     def checkpoint_now():
+        state.log_sums = {name: float(value) for name, value in running.items()}
         if main:
             save_checkpoint(student, tokenizer, optimizer, scheduler, scaler, state, run_dir, config_record)
 
@@ -375,7 +383,7 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
                     progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if _sync_stop(stop.requested, runtime, stop_group):
                 checkpoint_now()
-                stopped_by = stop.signal_name or "another rank's signal"
+                stopped_by = stop.signal_name or "a stop on another rank"
                 break
             if settings.checkpoint_every_steps and state.global_step % settings.checkpoint_every_steps == 0:
                 checkpoint_now()
@@ -432,11 +440,15 @@ def add_run_args(parser, default_output: str) -> None:
                         help="auto = CUDA when available (default)")
 
 
-def prepare_run_dir(args, runtime: Runtime) -> Path:
-    """The main process checks and creates the run folder; the others wait for it."""
+def prepare_run_dir(args, runtime: Runtime, create: bool = True) -> Path:
+    """The main process checks (and with `create`, makes) the run folder; the others wait.
+
+    Scripts check first, before the slow steps, and create it just before training, so a
+    bad data file or teacher never costs the results of an earlier run (--overwrite).
+    """
     if runtime.is_main:
-        prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume)
-    if runtime.distributed:
+        prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume, create=create)
+    if runtime.distributed and create:
         torch.distributed.barrier()
     return Path(args.output)
 

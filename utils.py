@@ -440,8 +440,12 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], contextli
 # ---------------------------------------------------------------------------
 # Files: output folders, atomic writes, run records
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make sure writing into `path` loses nothing: refuse a non-empty folder unless asked."""
+def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False,
+                       create: bool = True) -> Path:
+    """Make sure writing into `path` loses nothing: refuse a non-empty folder unless asked.
+
+    With `create=False` only the checks run (nothing is deleted or made).
+    """
     path = Path(path)
     if overwrite and resume:
         raise PipelineError("--overwrite and --resume exclude each other: --resume continues the "
@@ -457,8 +461,10 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
             raise PipelineError(f"{path} already exists and is not empty. Use --overwrite to replace "
                                 "its contents, --resume to continue an interrupted run, or choose "
                                 "another --output.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+        if create:
+            shutil.rmtree(path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

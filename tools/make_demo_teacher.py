@@ -58,6 +58,8 @@ def build_teacher(tokenizer, labels=TEACHER_LABELS, layers: int = 4, hidden: int
     config = CamembertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, max_position_embeddings=max_positions,
+        # attention dropout makes CPU sdpa about 10x slower; hidden dropout regularises enough here
+        attention_probs_dropout_prob=0.0,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)})
@@ -65,13 +67,16 @@ def build_teacher(tokenizer, labels=TEACHER_LABELS, layers: int = 4, hidden: int
 
 
 def fit_teacher(model, tokenizer, sentences: list[list[str]], tags: list[list[str]], epochs: int = 3,
-                learning_rate: float = 2e-3, batch_size: int = 32, max_length: int = 128, log=print) -> None:
-    """Plain fine-tuning on first subwords (cross-entropy), enough for a useful demo teacher."""
+                learning_rate: float = 1e-3, batch_size: int = 16, max_length: int = 128, log=print) -> None:
+    """Plain fine-tuning on first subwords (cross-entropy), enough for a useful demo teacher.
+
+    A constant learning rate after a short warmup: a model trained from scratch for a few
+    hundred steps learns more from that than from a decay to zero (measured on europeana_fr).
+    """
     label2id = model.config.label2id
     windows = encode_sentences(tokenizer, sentences, max_length, tags=tags, label2id=label2id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    steps = epochs * ((len(windows) + batch_size - 1) // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50))
     generator = torch.Generator().manual_seed(0)
     model.train()
     for epoch in range(epochs):
@@ -93,15 +98,21 @@ def fit_teacher(model, tokenizer, sentences: list[list[str]], tags: list[list[st
 
 def make_teacher(sentences: list[list[str]], tags: list[list[str]], out_dir: Path, layers: int = 4,
                  hidden: int = 128, heads: int = 4, intermediate: int = 256, vocab_size: int = 4000,
-                 epochs: int = 3, seed: int = 0, log=print) -> Path:
-    """Tokenizer + model + fine-tuning, saved as a hub-style folder (atomically)."""
+                 epochs: int = 3, seed: int = 0, log=print, labels: tuple[str, ...] | None = None) -> Path:
+    """Tokenizer + model + fine-tuning, saved as a hub-style folder (atomically).
+
+    `labels` defaults to the real teacher's IO labels (the BIO tags are converted); BIO
+    labels train on the tags as they are.
+    """
+    labels = tuple(labels or TEACHER_LABELS)
+    is_io = not any(label.startswith("B-") for label in labels)
     set_seed(seed)
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = train_tokenizer(sentences, staging, vocab_size)
-    model = build_teacher(tokenizer, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
-    fit_teacher(model, tokenizer, sentences, [to_io(t) for t in tags], epochs=epochs, log=log)
+    model = build_teacher(tokenizer, labels, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
+    fit_teacher(model, tokenizer, sentences, [to_io(t, labels) if is_io else t for t in tags], epochs=epochs, log=log)
     model.save_pretrained(staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)

@@ -1,0 +1,169 @@
+"""train_kd.py end to end on a slice of europeana_fr with a tiny IO-labelled teacher (CPU)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_kd
+import training
+from conftest import REPO, read_json, write_config
+from decoding import predict
+from models import load_model
+
+
+def run_script(*args, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_one_epoch_beats_untrained_student_and_reloads_identically(tmp_path, tiny_config, europeana):
+    out = tmp_path / "student"
+    assert train_kd.main(["--config", str(tiny_config), "--output", str(out)]) == 0
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_log.jsonl",
+                 "training_summary.json", "checkpoint/trainer_state.pt"):
+        assert (out / name).is_file(), name
+    summary = read_json(out / "training_summary.json")
+    untrained, trained = summary["history"][0]["val"]["overall"]["f1"], summary["val"]["overall"]["f1"]
+    assert trained > untrained, (untrained, trained)
+    assert summary["best_epoch"] == 1 and summary["test"]["overall"]["support"] > 0
+    assert set(summary["val"]["per_type"]) <= {"PER", "LOC", "ORG"}
+    assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
+    assert summary["config"]["student"]["num_layers"] == 3 and "torch" in summary["package_versions"]
+    assert "MISC" in summary["label_projection"] and "folded into O" in summary["label_projection"]
+
+    log = [read_json_line(l) for l in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(5, 5 * len(log) + 1, 5))
+    assert {"epoch", "step", "lr", "ce", "kd", "hidden", "crf", "loss", "samples_per_s"} <= set(log[0])
+
+    model, tokenizer = load_model(out)
+    assert model.info.teacher_layers == (0, 2, 3) and model.crf is not None
+    sentences = [["Le", "maire", "de", "Rennes", ",", "M.", "Janvier", ",", "est", "venu", "."]] * 2
+    again, _ = load_model(out)
+    first, second = predict(model, tokenizer, sentences), predict(again, tokenizer, sentences)
+    assert first == second and len(first[0].tags) == len(sentences[0])
+
+
+def read_json_line(line):
+    import json
+    return json.loads(line)
+
+
+class StopAtCheck(training.StopFlag):
+    """Behaves like a SIGTERM arriving after the n-th optimizer step."""
+    steps = 7
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def requested(self):
+        self.checks += 1
+        if self.checks == self.steps:
+            self.signal_name = "SIGTERM"
+        return self.signal_name is not None
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, monkeypatch):
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
+                          training={"max_epochs": 2, "checkpoint_every_steps": 4})
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train_kd.main(["--config", str(config), "--output", str(straight)]) == 0
+
+    monkeypatch.setattr(train_kd, "StopFlag", StopAtCheck)
+    assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
+    state = torch.load(interrupted / "checkpoint" / "trainer_state.pt", weights_only=False)["state"]
+    assert (state["epoch"], state["global_step"]) == (0, 7) and state["batches_done"] == 7
+    monkeypatch.setattr(train_kd, "StopFlag", training.StopFlag)
+    assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
+
+    a, b = read_json(straight / "training_summary.json"), read_json(interrupted / "training_summary.json")
+    assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    assert [h["val"] for h in a["history"]] == [h["val"] for h in b["history"]]
+    log_a = (straight / "training_log.jsonl").read_text().splitlines()
+    log_b = (interrupted / "training_log.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in read_json_line(l).items() if k != "samples_per_s"} for l in lines]
+    assert strip(log_a) == strip(log_b)
+    model_a, _ = load_model(straight)
+    model_b, _ = load_model(interrupted)
+    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, europeana, io_teacher):
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
+                          training={"max_epochs": 3, "log_every_steps": 1})
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train_kd.py", "--config", str(config), "--output", str(out)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "training_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.stat().st_size > 0):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Stopped by SIGTERM" in stdout and "--resume" in stdout and "Traceback" not in stderr
+    assert (out / "checkpoint" / "trainer_state.pt").is_file()
+    resumed = run_script("train_kd.py", "--config", config, "--output", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from epoch" in resumed.stdout
+    assert read_json(out / "training_summary.json")["epochs_run"] == 3
+
+
+def test_refuses_non_empty_output_and_keeps_it(tmp_path, tiny_config):
+    out = tmp_path / "previous"
+    out.mkdir()
+    (out / "results.txt").write_text("earlier results")
+    result = run_script("train_kd.py", "--config", tiny_config, "--output", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "already exists and is not empty" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "results.txt").read_text() == "earlier results"
+
+
+def test_bad_data_is_reported_before_anything_is_written(tmp_path, europeana, io_teacher):
+    broken = tmp_path / "data"
+    broken.mkdir()
+    for name in ("val.jsonl", "test.jsonl", "label2id.json"):
+        (broken / name).write_text((europeana / name).read_text())
+    (broken / "train.jsonl").write_text(
+        '{"tokens": ["Jean", "habite"], "ner_tags": ["B-PER", "O"]}\n'
+        '{"tokens": ["à", "Paris"], "ner_tags": ["O", "I-LOC"]}\n')
+    config = write_config(tmp_path / "config.yaml", broken, io_teacher)
+    result = run_script("train_kd.py", "--config", config, "--output", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{broken / 'train.jsonl'}:2:" in result.stderr and "I-LOC" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_out_of_memory_names_the_keys_to_lower(tmp_path, tiny_config, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(training, "combined_loss", out_of_memory)
+    with pytest.raises(training.PipelineError) as error:
+        train_kd.main(["--config", str(tiny_config), "--output", str(tmp_path / "oom")])
+    message = str(error.value)
+    assert "out of memory" in message and "16 windows x" in message
+    for key in ("training.batch_size", "training.grad_accumulation_steps", "data.max_seq_length",
+                "training.mixed_precision"):
+        assert key in message
+
+
+def test_two_process_ddp_run_on_gloo(tmp_path, tiny_config):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "train_kd.py", "--config", str(tiny_config),
+                             "--output", str(out), "--device", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(out / "training_summary.json")
+    assert summary["world_size"] == 2
+    assert summary["val"]["overall"]["f1"] > summary["history"][0]["val"]["overall"]["f1"]
+    assert result.stdout.count("Best model (epoch") == 1  # rank 0 alone reports and writes
+    load_model(out)
