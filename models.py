@@ -274,7 +274,7 @@ def load_teacher(name_or_path: str) -> tuple[NERModel, object]:
         else:
             fix = ("Tried the Hugging Face hub" + (" (HF_HUB_OFFLINE is set, so only the local cache)" if offline else "")
                    + ". Check the pod has internet and the id is spelled right; or download it once "
-                   f"(huggingface-cli download {name_or_path}) and run with HF_HUB_OFFLINE=1; "
+                   f"(hf download {name_or_path}) and run with HF_HUB_OFFLINE=1; "
                    "or set teacher.model_name to a local folder.")
         raise ModelLoadError(f"cannot load teacher {name_or_path!r}: {error.__class__.__name__}: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}. {fix}") from error
@@ -283,11 +283,11 @@ def load_teacher(name_or_path: str) -> tuple[NERModel, object]:
         raise ModelLoadError(
             f"teacher {name_or_path!r} has no token-classification head (missing {missing}); "
             "the teacher must be a fine-tuned NER checkpoint, not a base language model.")
-    backbone.eval().requires_grad_(False)
+    backbone.requires_grad_(False)
     labels = [backbone.config.id2label[i] for i in range(backbone.config.num_labels)]
     info = PipelineInfo(labels=tuple(labels), use_crf=False, teacher=str(name_or_path),
                         teacher_layers=tuple(range(backbone.config.num_hidden_layers)), stage="teacher")
-    teacher = NERModel(backbone, info)
+    teacher = NERModel(backbone, info).eval()
     encoder_layers(teacher)  # fail early on a non-BERT layout
     return teacher, tokenizer
 
@@ -405,9 +405,7 @@ def save_model(model: NERModel, tokenizer, out_dir: str | Path, stage: str | Non
         config = model.backbone.config.to_dict()
         config[PIPELINE_KEY] = info.to_json()
         tokenizer.save_pretrained(staging)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
-        if model.crf is not None:
-            state.update({f"crf.{k}": v.detach().cpu().contiguous() for k, v in model.crf.state_dict().items()})
+        state = {k: v.detach().cpu().contiguous() for k, v in _saved_state(model).items()}
         save_file(state, staging / WEIGHTS_NAME, metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         if not out_dir.exists():
@@ -419,6 +417,26 @@ def save_model(model: NERModel, tokenizer, out_dir: str | Path, stage: str | Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _saved_state(model: NERModel) -> dict[str, torch.Tensor]:
+    """Backbone keys as Hugging Face names them (an unpruned student without CRF loads with
+    `from_pretrained` too), CRF keys under `crf.`."""
+    state = dict(model.backbone.state_dict())
+    if model.crf is not None:
+        state.update({f"crf.{k}": v for k, v in model.crf.state_dict().items()})
+    return state
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """'' when keys and shapes agree, else a short description of the differences."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} {tuple(found[k].shape)} instead of {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(found)) if found[k].shape != expected[k].shape]
+    parts = [f"{title}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+             for title, items in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)) if items]
+    return "; ".join(parts)
 
 
 def is_pipeline_artifact(path: str | Path) -> bool:
@@ -460,17 +478,14 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     remove_attention_heads(model, {l: list(h) for l, h in info.pruned_heads.items()})
     model.info = info
     state = load_file(model_dir / WEIGHTS_NAME)
+    mismatch = _state_mismatch(_saved_state(model), state)
+    if mismatch:
+        raise ModelLoadError(f"{model_dir}: the weights do not match config.json ({mismatch}). The "
+                             "artifact is corrupt or was edited; rerun the stage that wrote it.")
     crf_state = {k[len("crf."):]: state.pop(k) for k in list(state) if k.startswith("crf.")}
-    try:
-        backbone.load_state_dict(state, strict=True)
-        if model.crf is not None or crf_state:
-            if model.crf is None:
-                raise RuntimeError("the weights hold a CRF but config.json says use_crf is false")
-            model.crf.load_state_dict(crf_state, strict=True)
-    except RuntimeError as error:
-        raise ModelLoadError(f"{model_dir}: the weights do not match config.json "
-                             f"({str(error).splitlines()[0]} ...). The artifact is corrupt or was "
-                             "edited; rerun the stage that wrote it.") from error
+    backbone.load_state_dict(state, strict=True)
+    if model.crf is not None:
+        model.crf.load_state_dict(crf_state, strict=True)
     tokenizer_options = {"add_prefix_space": True} if config.model_type in PREFIX_SPACE_MODEL_TYPES else {}
     tokenizer = AutoTokenizer.from_pretrained(model_dir, **tokenizer_options)
     return model.to(device).eval(), tokenizer

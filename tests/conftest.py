@@ -86,3 +86,12 @@ def tiny_config(tmp_path, europeana, io_teacher) -> Path:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer(tmp_path_factory, europeana):
+    """A CamemBERT tokenizer (unigram sentencepiece) trained on the europeana slice, without a model."""
+    from data_loader import read_examples
+    from make_demo_teacher import train_tokenizer
+    sentences = [list(e.tokens) for e in read_examples(europeana / "train.jsonl")]
+    return train_tokenizer(sentences, tmp_path_factory.mktemp("tokenizer"), vocab_size=800)

@@ -337,3 +337,118 @@ def test_split_words_reproduces_the_training_tokenization():
     rate = same / len(sentences)
     print(f"split_words reproduces {rate:.1%} of {len(sentences)} wikiner_fr val sentences")
     assert rate >= 0.97, f"only {rate:.1%} of sentences tokenized as in the data"
+
+
+# -----------------------------------------------------------------------------
+# Encoding: subwords, windows, batches
+
+from data_loader import (LengthGroupedBatchSampler, collate_windows, encode_sentences,  # noqa: E402
+                         plan_windows, subword_pieces)
+
+LABELS = {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4}
+
+
+def test_first_subword_labelling_and_special_tokens(unigram_tokenizer):
+    tok = unigram_tokenizer
+    words = ["Jean-Baptiste", "habite", "Saint-Malo", "."]
+    [window] = encode_sentences(tok, [words], 64, tags=[["B-PER", "O", "B-LOC", "O"]], label2id=LABELS)
+    pieces = subword_pieces(tok, [words])[0]
+    assert window.input_ids[0] == tok.cls_token_id and window.input_ids[-1] == tok.sep_token_id
+    assert len(window.input_ids) == 2 + sum(len(p) for p in pieces) and len(pieces[0]) > 1
+    expected_starts, position = [], 1
+    for word_pieces in pieces:
+        expected_starts.append(position)
+        position += len(word_pieces)
+    assert list(window.word_starts) == expected_starts      # continuation subwords carry no label
+    assert [window.input_ids[s] for s in window.word_starts] == [p[0] for p in pieces]
+    assert window.word_labels == (1, 0, 3, 0)
+
+
+def test_word_without_subwords_gets_unk_and_is_not_dropped(unigram_tokenizer):
+    tok = unigram_tokenizer
+    words = ["Paris", "\u200b", "Lyon"]  # a zero-width space encodes to no subword at all
+    assert tok(["\u200b"], is_split_into_words=True, add_special_tokens=False)["input_ids"] in ([], [tok.unk_token_id])
+    pieces = subword_pieces(tok, [words])[0]
+    assert len(pieces) == 3 and pieces[1] == [tok.unk_token_id]
+    [window] = encode_sentences(tok, [words], 64, tags=[["B-LOC", "O", "B-LOC"]], label2id=LABELS)
+    assert len(window.word_starts) == 3 and window.word_labels == (3, 0, 3)
+
+
+def test_plan_windows_never_drops_a_word_and_prefers_cuts_outside_entities():
+    lengths = [3] * 20
+    windows = plan_windows(lengths, budget=10)
+    assert windows == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15), (15, 18), (18, 20)]
+    breakable = [True] * 21
+    breakable[3] = False  # word 3 continues an entity: do not cut before it
+    assert plan_windows(lengths, 10, breakable=breakable)[0] == (0, 2)
+    overlapping = plan_windows(lengths, 12, overlap=6)
+    assert overlapping[0] == (0, 4) and overlapping[1][0] == 2
+    assert all(b[0] < a[1] for a, b in zip(overlapping, overlapping[1:]))           # they overlap
+    assert overlapping[-1][1] == 20 and all(sum(lengths[s:e]) <= 12 for s, e in overlapping)
+    assert plan_windows([25, 1], budget=10) == [(0, 1), (1, 2)]  # a word longer than a window
+
+
+def test_long_sentence_is_split_into_windows_at_word_boundaries(unigram_tokenizer):
+    tok = unigram_tokenizer
+    words = ["Monsieur", "Jean", "Dupont", "habite", "à", "Rennes", "."] * 30
+    tags = ["O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"] * 30
+    windows = encode_sentences(tok, [words], 32, tags=[tags], label2id=LABELS)
+    assert len(windows) > 5 and all(len(w.input_ids) <= 32 for w in windows)
+    covered = [i for w in windows for i in range(w.first_word, w.first_word + len(w.word_starts))]
+    assert covered == list(range(len(words)))                                  # every word exactly once
+    labels = [l for w in windows for l in w.word_labels]
+    assert labels == [LABELS[t] for t in tags]                                  # cuts avoided the entities
+    assert all(w.word_labels[0] != LABELS["I-PER"] for w in windows)
+
+
+def test_an_entity_cut_by_a_window_restarts_with_b(unigram_tokenizer):
+    tok = unigram_tokenizer
+    words = ["Jean"] + ["Dupont"] * 40
+    windows = encode_sentences(tok, [words], 16, tags=[["B-PER"] + ["I-PER"] * 40], label2id=LABELS)
+    assert len(windows) > 1 and all(w.word_labels[0] == LABELS["B-PER"] for w in windows)
+    assert all(set(w.word_labels[1:]) == {LABELS["I-PER"]} for w in windows if len(w.word_labels) > 1)
+
+
+def test_collate_pads_to_the_longest_window(unigram_tokenizer):
+    tok = unigram_tokenizer
+    windows = encode_sentences(tok, [["Jean"], ["Jean", "habite", "à", "Paris", "depuis", "longtemps"]], 64,
+                               tags=[["B-PER"], ["B-PER", "O", "O", "B-LOC", "O", "O"]], label2id=LABELS)
+    batch = collate_windows(windows, tok.pad_token_id)
+    longest = max(len(w.input_ids) for w in windows)
+    assert batch.input_ids.shape == (2, longest) and batch.word_starts.shape == (2, 6)
+    assert batch.attention_mask[0].sum() == len(windows[0].input_ids)
+    assert (batch.input_ids[0, len(windows[0].input_ids):] == tok.pad_token_id).all()
+    assert batch.word_mask.tolist() == [[True] + [False] * 5, [True] * 6]
+    assert batch.word_labels[1].tolist() == [1, 0, 0, 3, 0, 0]
+
+
+def test_length_grouped_batches_cover_everything_once_and_cut_padding():
+    lengths = [random.Random(i).randint(5, 200) for i in range(1000)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3, group_batches=10)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 63
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    padded = sum(16 * max(lengths[i] for i in b) for b in batches)
+    shuffled = list(range(1000))
+    random.Random(0).shuffle(shuffled)
+    naive = sum(16 * max(lengths[i] for i in shuffled[k:k + 16]) for k in range(0, 1000, 16))
+    assert padded < 0.7 * naive
+    sampler.set_epoch(0)
+    assert list(sampler) == batches                      # same seed and epoch: same order
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    sampler.set_epoch(0, skip_batches=5)
+    assert list(sampler) == batches[5:] and len(sampler) == 58
+
+
+def test_distributed_shards_are_disjoint_with_equal_batch_counts():
+    lengths = list(range(101))
+    shards = []
+    for rank in range(2):
+        sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=1, num_replicas=2, rank=rank)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    assert len(shards[0]) == len(shards[1]) == 7
+    indices = [set(i for b in shard for i in b) for shard in shards]
+    assert indices[0] | indices[1] == set(range(101)) and len(indices[0] & indices[1]) <= 1  # one pad
