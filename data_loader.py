@@ -437,6 +437,12 @@ def collate_windows(windows: list[EncodedWindow], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, word_starts, word_mask, word_labels)
 
 
+def batches_by_length(windows: list[EncodedWindow], batch_size: int) -> list[list[int]]:
+    """Window indices in batches of similar length (for evaluation: no shuffling)."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 class LengthGroupedBatchSampler(Sampler):
     """Batches of similar length (less padding), in a shuffled order, sharded for DDP.
 

@@ -15,7 +15,7 @@ import torch
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from data_loader import EncodedWindow, collate_windows, encode_sentences
+from data_loader import EncodedWindow, batches_by_length, collate_windows, encode_sentences
 from models import NERModel, bio_constraints, entity_type, max_subwords
 
 
@@ -209,9 +209,8 @@ def predict_windows(model: NERModel, windows: list[EncodedWindow], num_words: li
     was_training = model.training
     model.eval()
     per_sentence: list[list[tuple[int, int, torch.Tensor]]] = [[] for _ in num_words]
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
-    for begin in range(0, len(order), batch_size):
-        chunk = [windows[i] for i in order[begin:begin + batch_size]]
+    for indices in batches_by_length(windows, batch_size):
+        chunk = [windows[i] for i in indices]
         batch = collate_windows(chunk, pad_id).to(device)
         with autocast():
             logits = model(batch.input_ids, batch.attention_mask).logits

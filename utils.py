@@ -468,6 +468,14 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
     return path
 
 
+def publish_dir(staging: Path, final: Path) -> Path:
+    """Move a fully written folder into place (replacing `final`, which the caller checked)."""
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    return final
+
+
 def write_json(path: str | Path, data) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     path = Path(path)

@@ -95,3 +95,15 @@ def unigram_tokenizer(tmp_path_factory, europeana):
     from make_demo_teacher import train_tokenizer
     sentences = [list(e.tokens) for e in read_examples(europeana / "train.jsonl")]
     return train_tokenizer(sentences, tmp_path_factory.mktemp("tokenizer"), vocab_size=800)
+
+
+@pytest.fixture(scope="session")
+def stage1_artifact(tmp_path_factory, io_teacher) -> Path:
+    """An untrained 3-layer CRF student saved as a stage-1 artifact (no training: fast)."""
+    import torch
+    from models import build_student, load_teacher, project_labels, save_model
+    torch.manual_seed(0)
+    teacher, tokenizer = load_teacher(str(io_teacher))
+    student = build_student(teacher, [0, 2, 3], list(BIO_LABELS), project_labels(list(teacher.labels), list(BIO_LABELS)),
+                            use_crf=True)
+    return save_model(student, tokenizer, tmp_path_factory.mktemp("stage1") / "student", stage="kd")

@@ -1,0 +1,83 @@
+"""prune_heads.py on a stage-1 artifact: outputs, reload, re-pruning, and refusals that write nothing."""
+import subprocess
+import sys
+
+import pytest
+
+import prune_heads
+from conftest import REPO, read_json
+from decoding import predict
+from models import heads_per_layer, load_model
+from utils import PipelineError
+
+SENTENCES = [["Le", "préfet", "de", "Rennes", "a", "reçu", "M.", "Briand", "."]]
+
+
+def test_prunes_a_quarter_of_the_heads_and_writes_three_outputs(tmp_path, tiny_config, stage1_artifact):
+    out = tmp_path / "pruned"
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact),
+                             "--rate", "0.25", "--output", str(out)]) == 0
+    model, tokenizer = load_model(out)
+    assert sum(heads_per_layer(model)) == 9 and model.info.stage == "pruned"
+
+    mask = read_json(out / "heads_pruned_mask.json")
+    assert mask["rate"] == 0.25 and mask["total_heads"] == 12 and mask["pruned_this_run"] == 3
+    assert len(mask["keep_mask"]) == 3 and all(len(row) == 4 for row in mask["keep_mask"])
+    assert sum(map(sum, mask["keep_mask"])) == 9
+    assert {int(l): h for l, h in mask["pruned_heads"].items()} == \
+        {l: list(h) for l, h in model.info.pruned_heads.items()}
+    for layer, heads in mask["pruned_heads"].items():
+        assert all(mask["keep_mask"][int(layer)][h] == 0 for h in heads)
+    assert len(mask["importance"]) == 1 and all(v is not None for row in mask["importance"][0] for v in row)
+
+    summary = read_json(out / "pruning_summary.json")
+    assert summary["parameters"]["after"] < summary["parameters"]["before"]
+    assert summary["heads_per_layer"]["before"] == [4, 4, 4]
+    for key in ("val_before", "val_after"):
+        assert set(summary[key]["overall"]) == {"precision", "recall", "f1", "support"}
+    assert summary["time_s"] >= 0 and summary["config"]["pruning"]["rate"] == 0.25
+
+    again, _ = load_model(out)
+    assert predict(model, tokenizer, SENTENCES) == predict(again, tokenizer, SENTENCES)
+
+
+def test_pruning_a_pruned_artifact_again(tmp_path, tiny_config, stage1_artifact):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(once)])
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(once), "--output", str(twice),
+                             "--rate", "0.3", "--set", "pruning.steps=2"]) == 0
+    mask = read_json(twice / "heads_pruned_mask.json")
+    assert mask["heads_before"] == 9 and mask["pruned_this_run"] == 3 and mask["pruned_total"] == 6
+    assert len(mask["importance"]) == 2 and sum(map(sum, mask["keep_mask"])) == 6
+    first = read_json(once / "heads_pruned_mask.json")["pruned_heads"]
+    assert all(set(h) <= set(mask["pruned_heads"][l]) for l, h in first.items())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rate", "1.0"], r"pruning rate 1.0 is outside \[0, 1\)"),
+    (["--rate", "0.8", "--set", "pruning.min_heads_per_layer=2"], "allows at most 6"),
+])
+def test_bad_rates_write_nothing(tmp_path, tiny_config, stage1_artifact, extra, message):
+    out = tmp_path / "pruned"
+    with pytest.raises(PipelineError, match=message):
+        prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact),
+                          "--output", str(out), *extra])
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_a_folder_that_is_not_an_artifact_is_refused(tmp_path, tiny_config, io_teacher):
+    result = subprocess.run([sys.executable, "prune_heads.py", "--config", str(tiny_config), "--model",
+                             str(io_teacher), "--output", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a pipeline artifact" in result.stderr and str(io_teacher) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_output_is_kept(tmp_path, tiny_config, stage1_artifact):
+    out = tmp_path / "pruned"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="already exists and is not empty"):
+        prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(out)])
+    assert (out / "keep.txt").read_text() == "mine"
