@@ -91,6 +91,18 @@ def seqeval_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     return {"overall": rename(report["micro avg"]), "per_type": dict(sorted(per_type.items()))}
 
 
+def entities_of(words: list, text: str, prediction: Prediction) -> list[dict]:
+    """Entities of one sentence as inference writes them: word span (end exclusive), character
+    span in `text` (words carry .start/.end offsets), and mean label probability."""
+    found = []
+    for span in bio_spans(prediction.tags):
+        start_char, end_char = words[span.start].start, words[span.end - 1].end
+        scores = prediction.scores[span.start:span.end]
+        found.append({"text": text[start_char:end_char], "type": span.type, "start": span.start, "end": span.end,
+                      "start_char": start_char, "end_char": end_char, "score": round(sum(scores) / len(scores), 4)})
+    return found
+
+
 # ---------------------------------------------------------------------------
 # Emissions and CRF decoding
 

@@ -495,5 +495,10 @@ def load_any_model(name_or_path: str, device: str | torch.device = "cpu") -> tup
     """A pipeline artifact if the folder is one, else a teacher (hub id or HF folder)."""
     if is_pipeline_artifact(name_or_path):
         return load_model(name_or_path, device)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is neither a pipeline artifact nor a Hugging Face model folder (it has "
+                             "no config.json). Pass a folder written by a stage script, a teacher folder, "
+                             "or a hub id.")
     teacher, tokenizer = load_teacher(name_or_path)
     return teacher.to(device), tokenizer

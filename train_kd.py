@@ -12,14 +12,13 @@ import argparse
 import sys
 from dataclasses import replace
 
-from data_loader import encode_sentences, read_examples, read_label2id
-from losses import KDMapping
+from data_loader import read_label2id
 from models import (build_student, count_parameters, load_teacher, max_subwords, project_labels,
                     select_teacher_layers)
-from training import (StopFlag, TrainSettings, add_run_args, finish_run, load_student_for_resume,
-                      make_eval_set, prepare_run_dir, train)
-from utils import (add_config_args, close_runtime, config_to_dict, init_runtime, load_config,
-                   package_versions, resolve_precision, run_cli, set_seed)
+from training import (TrainSettings, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data,
+                      run_stage)
+from utils import (add_config_args, close_runtime, config_to_dict, init_runtime, load_config, resolve_precision,
+                   run_cli, set_seed)
 
 
 def main(argv=None) -> int:
@@ -31,12 +30,9 @@ def main(argv=None) -> int:
     runtime = init_runtime(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     prepare_run_dir(args, runtime, create=False)
-
     label2id = read_label2id(config.data.label2id_file)
     labels = sorted(label2id, key=label2id.get)
-    train_examples = read_examples(config.data.train_file, label2id)
-    val_examples = read_examples(config.data.val_file, label2id)
-    test_examples = read_examples(config.data.test_file, label2id) if config.data.test_file else None
+    data = read_stage_data(config.data.train_file, config.data.val_file, config.data.test_file, label2id)
 
     say(f"Loading teacher {config.teacher.model_name} ...")
     teacher, tokenizer = load_teacher(config.teacher.model_name)
@@ -54,30 +50,16 @@ def main(argv=None) -> int:
         f"{list(student.info.teacher_layers)}, CRF {'on' if student.crf is not None else 'off'}, "
         f"{count_parameters(student) / 1e6:.1f}M parameters (teacher {count_parameters(teacher) / 1e6:.1f}M).")
 
-    max_length = min(config.data.max_seq_length, max_subwords(teacher))
-    train_windows = encode_sentences(tokenizer, [list(e.tokens) for e in train_examples], max_length,
-                                     tags=[list(e.tags) for e in train_examples], label2id=label2id)
-    val_set = make_eval_set(tokenizer, val_examples, max_length)
-    test_set = make_eval_set(tokenizer, test_examples, max_length) if test_examples else None
     weights = config.distillation.weights
     settings = TrainSettings.from_config(
         config.training, epochs=config.training.max_epochs, learning_rate=config.training.learning_rate,
         weights=weights if student.crf is not None else replace(weights, crf=0.0),
-        temperature=config.distillation.temperature, max_length=max_length,
+        temperature=config.distillation.temperature,
+        max_length=min(config.data.max_seq_length, max_subwords(teacher)),
         precision=resolve_precision(config.training.mixed_precision, runtime.device))
-    say(f"{len(train_examples)} train sentences ({len(train_windows)} windows), {len(val_examples)} val; "
-        f"device {runtime.device} x{runtime.world_size}, precision {settings.precision}.")
-
-    summary = {"stage": "kd", "teacher": config.teacher.model_name,
-               "parameters": {"teacher": count_parameters(teacher), "student": count_parameters(student)},
-               "label_projection": projection.describe(), "precision": settings.precision,
-               "device": str(runtime.device), "world_size": runtime.world_size,
-               "package_versions": package_versions(), "command": sys.argv, "config": config_to_dict(config)}
-    with StopFlag() as stop:
-        result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir,
-                       runtime, stop, config_to_dict(config), kd_mapping=KDMapping.from_projection(projection),
-                       resume=args.resume)
-    code = finish_run(result, run_dir, summary, runtime, ["train_kd.py"] + list(argv or sys.argv[1:]))
+    code = run_stage("kd", student, teacher, tokenizer, data, settings, projection, run_dir, runtime,
+                     config_to_dict(config), args.resume,
+                     ["train_kd.py"] + list(argv if argv is not None else sys.argv[1:]))
     close_runtime(runtime)
     return code
 

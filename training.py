@@ -23,12 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data_loader import EncodedWindow, Example, LengthGroupedBatchSampler, collate_windows, encode_sentences
+from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, collate_windows, encode_sentences,
+                         read_examples)
 from decoding import predict_windows, seqeval_scores, word_level_emissions
 from losses import KDMapping, TeacherTargets, combined_loss
-from models import NERModel, load_model, save_model
-from utils import (LossWeights, PipelineError, Runtime, TrainingConfig, autocast_for, prepare_output_dir,
-                   write_json)
+from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
+from utils import (LossWeights, PipelineError, Runtime, TrainingConfig, autocast_for, package_versions,
+                   prepare_output_dir, write_json)
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
@@ -451,6 +452,48 @@ def prepare_run_dir(args, runtime: Runtime, create: bool = True) -> Path:
     if runtime.distributed and create:
         torch.distributed.barrier()
     return Path(args.output)
+
+
+@dataclass
+class StageData:
+    """The examples a training stage reads (checked before any slow step)."""
+    train: list[Example]
+    val: list[Example]
+    test: list[Example] | None
+
+
+def read_stage_data(train_file: str, val_file: str, test_file: str | None, label2id: dict[str, int]) -> StageData:
+    return StageData(read_examples(train_file, label2id), read_examples(val_file, label2id),
+                     read_examples(test_file, label2id) if test_file else None)
+
+
+def run_stage(stage: str, student: NERModel, teacher: NERModel | None, tokenizer, data: StageData,
+              settings: TrainSettings, projection: LabelProjection | None, run_dir: Path, runtime: Runtime,
+              config_record: dict, resume: bool, argv: list[str]) -> int:
+    """Encode the data, train, and write the summary: the part train_kd.py and
+    finetune_postprune.py share. Returns the exit code."""
+    say = print if runtime.is_main else (lambda *a, **k: None)
+    label2id = {label: i for i, label in enumerate(student.labels)}
+    train_windows = encode_sentences(tokenizer, [list(e.tokens) for e in data.train], settings.max_length,
+                                     tags=[list(e.tags) for e in data.train], label2id=label2id)
+    val_set = make_eval_set(tokenizer, data.val, settings.max_length)
+    test_set = make_eval_set(tokenizer, data.test, settings.max_length) if data.test else None
+    say(f"{len(data.train)} train sentences ({len(train_windows)} windows), {len(data.val)} val; device "
+        f"{runtime.device} x{runtime.world_size}, precision {settings.precision}; loss weights "
+        + ", ".join(f"{k} {v}" for k, v in asdict(settings.weights).items() if v) + ".")
+    summary = {"stage": stage,
+               "parameters": {"student": count_parameters(student)}, "heads_per_layer": heads_per_layer(student),
+               "precision": settings.precision, "device": str(runtime.device), "world_size": runtime.world_size,
+               "package_versions": package_versions(), "command": argv, "config": config_record}
+    if teacher is not None:
+        summary["teacher"] = teacher.info.teacher
+        summary["parameters"]["teacher"] = count_parameters(teacher)
+        summary["label_projection"] = projection.describe()
+    mapping = KDMapping.from_projection(projection) if teacher is not None and settings.weights.kd > 0 else None
+    with StopFlag() as stop:
+        result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir,
+                       runtime, stop, config_record, kd_mapping=mapping, resume=resume)
+    return finish_run(result, run_dir, summary, runtime, argv)
 
 
 def finish_run(result: TrainResult, run_dir: Path, summary: dict, runtime: Runtime, argv: list[str]) -> int:

@@ -75,11 +75,11 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, 
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert train_kd.main(["--config", str(config), "--output", str(straight)]) == 0
 
-    monkeypatch.setattr(train_kd, "StopFlag", StopAtCheck)
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck)
     assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
     state = torch.load(interrupted / "checkpoint" / "trainer_state.pt", weights_only=False)["state"]
     assert (state["epoch"], state["global_step"]) == (0, 7) and state["batches_done"] == 7
-    monkeypatch.setattr(train_kd, "StopFlag", training.StopFlag)
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
     assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
 
     a, b = read_json(straight / "training_summary.json"), read_json(interrupted / "training_summary.json")

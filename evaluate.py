@@ -1,0 +1,102 @@
+"""Score models on a labelled JSONL file: F1, size and speed, all measured in the same run.
+
+    python evaluate.py --model Jean-Baptiste/camembert-ner --model artifacts/student_10L_final --data data/test.jsonl
+    python evaluate.py --model artifacts/student_10L --model artifacts/student_10L_final \\
+        --data data/test.jsonl --output report.json
+
+For each model: seqeval strict IOB2 precision, recall and F1, overall and per type, in the
+data's label space (a teacher's labels are mapped as in stage 1: by type name, MISC folded
+into O unless `distillation.label_map` says otherwise); parameter count; throughput in
+words/s over the whole file (batched) and the median (p50) latency of one sentence. The
+decoding is inference.py's, so both give the same entities.
+"""
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from data_loader import read_examples, read_label2id
+from decoding import map_entity_types, predict, seqeval_scores
+from models import count_parameters, load_any_model, project_labels
+from utils import PipelineError, add_config_args, init_runtime, load_config, run_cli, write_json
+
+
+def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels: list[str], label_map: dict,
+            batch_size: int, device, latency_sentences: int) -> dict:
+    """Load one model and measure it: scores, parameters, words/s, p50 latency (ms)."""
+    model, tokenizer = load_any_model(name, device)
+    type_map = {}
+    if list(model.labels) != labels:
+        type_map = project_labels(list(model.labels), labels, label_map).teacher_type_map
+    run = lambda batch, size: predict(model, tokenizer, batch, batch_size=size, device=device)
+    run(sentences[:batch_size], batch_size)                                  # warm-up
+    started = time.perf_counter()
+    predictions = run(sentences, batch_size)
+    seconds = time.perf_counter() - started
+    tags = [map_entity_types(p.tags, type_map) if type_map else p.tags for p in predictions]
+    step = max(1, len(sentences) // latency_sentences)
+    latencies = []
+    for sentence in sentences[::step][:latency_sentences]:
+        started = time.perf_counter()
+        run([sentence], 1)
+        latencies.append(time.perf_counter() - started)
+    return {"model": name, "stage": model.info.stage, "parameters": count_parameters(model),
+            **seqeval_scores(gold, tags),
+            "words_per_s": round(sum(map(len, sentences)) / seconds, 1),
+            "p50_latency_ms": round(1000 * statistics.median(latencies), 2)}
+
+
+def format_table(rows: list[dict]) -> str:
+    types = sorted({t for row in rows for t in row["per_type"]})
+    header = ["model", "stage", "params", "P", "R", "F1"] + [f"F1 {t}" for t in types] + ["words/s", "p50 ms"]
+    lines = [header]
+    for row in rows:
+        overall = row["overall"]
+        lines.append([row["model"], row["stage"], f"{row['parameters'] / 1e6:.2f}M", f"{overall['precision']:.4f}",
+                      f"{overall['recall']:.4f}", f"{overall['f1']:.4f}"]
+                     + [f"{row['per_type'][t]['f1']:.4f}" if t in row["per_type"] else "-" for t in types]
+                     + [f"{row['words_per_s']:.0f}", f"{row['p50_latency_ms']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    render = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+    return "\n".join([render(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [render(line) for line in lines[1:]])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="an artifact folder, a teacher folder or a hub id; repeat to compare models")
+    parser.add_argument("--data", required=True, help="labelled JSONL (BIO tags)")
+    parser.add_argument("--label2id", help="the label set (default: label2id.json beside --data)")
+    parser.add_argument("--output", help="write the report as JSON")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--latency-sentences", type=int, default=50,
+                        help="sentences timed one at a time for the p50 latency (default 50)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    label2id_file = Path(args.label2id) if args.label2id else Path(args.data).with_name("label2id.json")
+    if not label2id_file.is_file():
+        raise PipelineError(f"{label2id_file}: no label2id.json; pass --label2id.")
+    label2id = read_label2id(label2id_file)
+    labels = sorted(label2id, key=label2id.get)
+    examples = read_examples(args.data, label2id)
+    label_map = load_config(args.config, args.overrides, check_files=False).distillation.label_map \
+        if Path(args.config).is_file() else {}
+    runtime = init_runtime(args.device)
+    sentences, gold = [list(e.tokens) for e in examples], [list(e.tags) for e in examples]
+    rows = []
+    for name in args.model:
+        print(f"Evaluating {name} on {len(sentences)} sentences ({runtime.device}) ...")
+        rows.append(measure(name, sentences, gold, labels, label_map, args.batch_size, runtime.device,
+                            args.latency_sentences))
+    print(format_table(rows))
+    print("seqeval strict IOB2 scores; throughput batched, latency one sentence at a time.")
+    if args.output:
+        write_json(args.output, {"data": str(args.data), "device": str(runtime.device), "models": rows})
+        print(f"Report written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,74 @@
+"""Stage 3: fine-tune the pruned student back, keeping its pruned shape.
+
+    python finetune_postprune.py --model artifacts/student_10L_pruned --output artifacts/student_10L_final --epochs 2
+    python finetune_postprune.py --model artifacts/student_10L_pruned --set finetune.use_teacher=false
+    python finetune_postprune.py --output artifacts/student_10L_final --resume      # after a stopped pod
+
+Uses the training loop of stage 1 with the config's `finetune` section: its epochs, learning
+rate and loss weights (gold-label CE and CRF, plus KD from the teacher when
+`finetune.use_teacher` is true). Writes into --output what stage 1 writes: the best model by
+val F1, training_log.jsonl, training_summary.json and checkpoint/.
+"""
+import argparse
+import sys
+from dataclasses import replace
+
+from models import count_parameters, heads_per_layer, load_model, load_teacher, max_subwords, project_labels
+from training import (TrainSettings, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data,
+                      run_stage)
+from utils import (PipelineError, add_config_args, close_runtime, config_to_dict, init_runtime, load_config,
+                   resolve_precision, run_cli, set_seed)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--model", default="artifacts/student_10L_pruned", help="the pruned student (stage 2)")
+    add_run_args(parser, default_output="artifacts/student_10L_final")
+    parser.add_argument("--epochs", type=int, help="overrides finetune.epochs")
+    args = parser.parse_args(argv)
+    overrides = args.overrides + ([f"finetune.epochs={args.epochs}"] if args.epochs is not None else [])
+    config = load_config(args.config, overrides)
+    runtime = init_runtime(args.device)
+    say = print if runtime.is_main else (lambda *a, **k: None)
+    prepare_run_dir(args, runtime, create=False)
+
+    student, tokenizer = load_model(args.model)
+    student.info = replace(student.info, stage="finetuned")
+    label2id = {label: i for i, label in enumerate(student.labels)}
+    data = read_stage_data(config.data.train_file, config.data.val_file, config.data.test_file, label2id)
+    weights = config.finetune.weights if student.crf is not None else replace(config.finetune.weights, crf=0.0)
+    teacher = projection = None
+    if config.finetune.use_teacher and (weights.kd > 0 or weights.hidden > 0):
+        say(f"Loading teacher {config.teacher.model_name} ...")
+        teacher, teacher_tokenizer = load_teacher(config.teacher.model_name)
+        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise PipelineError(f"teacher {config.teacher.model_name} does not share the student's vocabulary "
+                                f"(the student came from {student.info.teacher}); set teacher.model_name to "
+                                "the teacher stage 1 used.")
+        projection = project_labels(list(teacher.labels), list(student.labels), config.distillation.label_map)
+        say(projection.describe())
+    else:
+        weights = replace(weights, kd=0.0, hidden=0.0)
+        say("Fine-tuning on gold labels only (no teacher).")
+    run_dir = prepare_run_dir(args, runtime)
+    set_seed(config.training.seed)
+    if args.resume:
+        student, _ = load_student_for_resume(run_dir, "cpu")
+    say(f"Student from {args.model}: heads per layer {heads_per_layer(student)}, "
+        f"{count_parameters(student) / 1e6:.1f}M parameters.")
+
+    settings = TrainSettings.from_config(
+        config.training, epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
+        weights=weights, temperature=config.distillation.temperature,
+        max_length=min(config.data.max_seq_length, max_subwords(student)),
+        precision=resolve_precision(config.training.mixed_precision, runtime.device))
+    code = run_stage("finetune", student, teacher, tokenizer, data, settings, projection, run_dir, runtime,
+                     config_to_dict(config), args.resume,
+                     ["finetune_postprune.py"] + list(argv if argv is not None else sys.argv[1:]))
+    close_runtime(runtime)
+    return code
+
+
+if __name__ == "__main__":
+    run_cli(main)

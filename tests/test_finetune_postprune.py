@@ -1,0 +1,73 @@
+"""finetune_postprune.py on a pruned artifact: keeps the pruned shape, shares stage 1's loop."""
+import pytest
+import torch
+
+import finetune_postprune
+import prune_heads
+import training
+from conftest import read_json, write_config
+from models import heads_per_layer, load_model
+from utils import PipelineError
+
+
+@pytest.fixture(scope="module")
+def pruned_artifact(tmp_path_factory, europeana, io_teacher, stage1_artifact):
+    folder = tmp_path_factory.mktemp("pruned")
+    config = write_config(folder / "config.yaml", europeana, io_teacher)
+    prune_heads.main(["--config", str(config), "--model", str(stage1_artifact), "--output", str(folder / "model")])
+    return folder / "model"
+
+
+def test_finetuning_keeps_the_pruned_shape_and_improves_val_f1(tmp_path, europeana, io_teacher, pruned_artifact):
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher, finetune={"learning_rate": 1e-3})
+    out = tmp_path / "final"
+    assert finetune_postprune.main(["--config", str(config), "--model", str(pruned_artifact),
+                                    "--output", str(out), "--epochs", "1"]) == 0
+    pruned, _ = load_model(pruned_artifact)
+    final, _ = load_model(out)
+    assert heads_per_layer(final) == heads_per_layer(pruned) and sum(heads_per_layer(final)) == 9
+    assert final.info.pruned_heads == pruned.info.pruned_heads and final.info.stage == "finetuned"
+    summary = read_json(out / "training_summary.json")
+    assert summary["stage"] == "finetune" and summary["epochs_run"] == 1
+    assert summary["config"]["finetune"]["epochs"] == 1 and summary["heads_per_layer"] == heads_per_layer(pruned)
+    assert summary["val"]["overall"]["f1"] > summary["history"][0]["val"]["overall"]["f1"]
+    log = (out / "training_log.jsonl").read_text().splitlines()
+    assert log and '"kd"' in log[0] and '"hidden"' not in log[0]  # finetune weights: hidden 0 is skipped
+
+
+def test_gold_labels_only_needs_no_teacher(tmp_path, europeana, pruned_artifact):
+    config = write_config(tmp_path / "config.yaml", europeana, tmp_path / "no-such-teacher",
+                          finetune={"use_teacher": False, "learning_rate": 1e-3})
+    out = tmp_path / "final"
+    assert finetune_postprune.main(["--config", str(config), "--model", str(pruned_artifact),
+                                    "--output", str(out), "--epochs", "1"]) == 0
+    summary = read_json(out / "training_summary.json")
+    assert "teacher" not in summary["parameters"]
+    assert '"kd"' not in (out / "training_log.jsonl").read_text()
+
+
+class StopAfterThree(training.StopFlag):
+    @property
+    def requested(self):
+        self.checks = getattr(self, "checks", 0) + 1
+        if self.checks == 3:
+            self.signal_name = "SIGINT"
+        return self.signal_name is not None
+
+
+def test_interrupted_finetuning_resumes_to_the_same_model(tmp_path, europeana, io_teacher, pruned_artifact,
+                                                          monkeypatch):
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher, finetune={"learning_rate": 1e-3})
+    args = ["--config", str(config), "--model", str(pruned_artifact), "--epochs", "1"]
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "a")]) == 0
+    original = training.StopFlag
+    monkeypatch.setattr(training, "StopFlag", StopAfterThree)
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "b")]) == 130
+    monkeypatch.setattr(training, "StopFlag", original)
+    with pytest.raises(PipelineError, match="already exists and is not empty"):
+        finetune_postprune.main(args + ["--output", str(tmp_path / "b")])
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "b"), "--resume"]) == 0
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert heads_per_layer(b) == heads_per_layer(a)
