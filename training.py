@@ -412,7 +412,9 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
             print(f"Early stopping: no val F1 improvement for {state.bad_epochs} epochs.")
     state.elapsed += time.time() - started
     test_scores = None
-    if stopped_by is None and test_set is not None and state.best_epoch > 0:
+    if runtime.distributed:
+        torch.distributed.barrier()  # rank 0 has finished writing the best model
+    if main and stopped_by is None and test_set is not None and state.best_epoch > 0:
         best, _ = load_model(run_dir, device)
         test_scores = evaluate(best, test_set, tokenizer.pad_token_id, settings.eval_batch_size, device, autocast)
     return TrainResult(state, stopped_by, early_stopped, test_scores, state.elapsed)
