@@ -18,17 +18,19 @@ from pathlib import Path
 from data_loader import read_examples, read_label2id
 from decoding import map_entity_types, predict, seqeval_scores
 from models import count_parameters, load_any_model, project_labels
+from precision import PRECISIONS, for_inference
 from utils import PipelineError, add_config_args, init_runtime, load_config, run_cli, write_json
 
 
 def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels: list[str], label_map: dict,
-            batch_size: int, device, latency_sentences: int) -> dict:
+            batch_size: int, device, latency_sentences: int, precision: str = "fp32") -> dict:
     """Load one model and measure it: scores, parameters, words/s, p50 latency (ms)."""
     model, tokenizer = load_any_model(name, device)
+    model, autocast = for_inference(model, name, precision, device)
     type_map = {}
     if list(model.labels) != labels:
         type_map = project_labels(list(model.labels), labels, label_map).teacher_type_map
-    run = lambda batch, size: predict(model, tokenizer, batch, batch_size=size, device=device)
+    run = lambda batch, size: predict(model, tokenizer, batch, batch_size=size, device=device, autocast=autocast)
     run(sentences[:batch_size], batch_size)                                  # warm-up
     started = time.perf_counter()
     predictions = run(sentences, batch_size)
@@ -40,7 +42,7 @@ def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels
         started = time.perf_counter()
         run([sentence], 1)
         latencies.append(time.perf_counter() - started)
-    return {"model": name, "stage": model.info.stage, "parameters": count_parameters(model),
+    return {"model": name, "stage": model.info.stage, "precision": precision, "parameters": count_parameters(model),
             **seqeval_scores(gold, tags),
             "words_per_s": round(sum(map(len, sentences)) / seconds, 1),
             "p50_latency_ms": round(1000 * statistics.median(latencies), 2)}
@@ -48,11 +50,11 @@ def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels
 
 def format_table(rows: list[dict]) -> str:
     types = sorted({t for row in rows for t in row["per_type"]})
-    header = ["model", "stage", "params", "P", "R", "F1"] + [f"F1 {t}" for t in types] + ["words/s", "p50 ms"]
+    header = ["model", "stage", "precision", "params", "P", "R", "F1"] + [f"F1 {t}" for t in types] + ["words/s", "p50 ms"]
     lines = [header]
     for row in rows:
         overall = row["overall"]
-        lines.append([row["model"], row["stage"], f"{row['parameters'] / 1e6:.2f}M", f"{overall['precision']:.4f}",
+        lines.append([row["model"], row["stage"], row.get("precision", "fp32"), f"{row['parameters'] / 1e6:.2f}M", f"{overall['precision']:.4f}",
                       f"{overall['recall']:.4f}", f"{overall['f1']:.4f}"]
                      + [f"{row['per_type'][t]['f1']:.4f}" if t in row["per_type"] else "-" for t in types]
                      + [f"{row['words_per_s']:.0f}", f"{row['p50_latency_ms']:.1f}"])
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-sentences", type=int, default=50,
                         help="sentences timed one at a time for the p50 latency (default 50)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
+                        help="one or more of fp32, bf16, int8: each model is measured at each (default fp32)")
     add_config_args(parser)
     args = parser.parse_args(argv)
     label2id_file = Path(args.label2id) if args.label2id else Path(args.data).with_name("label2id.json")
@@ -87,9 +91,10 @@ def main(argv=None) -> int:
     sentences, gold = [list(e.tokens) for e in examples], [list(e.tags) for e in examples]
     rows = []
     for name in args.model:
-        print(f"Evaluating {name} on {len(sentences)} sentences ({runtime.device}) ...")
-        rows.append(measure(name, sentences, gold, labels, label_map, args.batch_size, runtime.device,
-                            args.latency_sentences))
+        for precision in args.precision:
+            print(f"Evaluating {name} ({precision}) on {len(sentences)} sentences ({runtime.device}) ...")
+            rows.append(measure(name, sentences, gold, labels, label_map, args.batch_size, runtime.device,
+                                args.latency_sentences, precision))
     print(format_table(rows))
     print("seqeval strict IOB2 scores; throughput batched, latency one sentence at a time.")
     if args.output:

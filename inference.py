@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data_loader import Word, split_words
 from decoding import entities_of, predict
 from models import load_any_model, max_subwords
+from precision import PRECISIONS, for_inference
 from utils import PipelineError, init_runtime, run_cli
 
 CHUNK_LINES = 4096
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=512,
                         help="subwords per window; longer texts use overlapping windows (default 512)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32; bf16 (autocast, GPU or a CPU with bf16); int8 (ONNX Runtime on the CPU)")
     args = parser.parse_args(argv)
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
         raise PipelineError("--batch-size must be >= 1 and --max-length >= 8.")
     runtime = init_runtime(args.device)
     model, tokenizer = load_any_model(args.model, runtime.device)
+    model, autocast = for_inference(model, args.model, args.precision, runtime.device)
     max_length = min(args.max_length, max_subwords(model))
 
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
         with partial.open("w", encoding="utf-8") as out, tqdm(total=count_lines(source), unit="line") as progress:
             for chunk in read_chunks(source, CHUNK_LINES):
                 predictions = predict(model, tokenizer, [[w.text for w in line.words] for line in chunk],
-                                      batch_size=args.batch_size, max_length=max_length, device=runtime.device)
+                                      batch_size=args.batch_size, max_length=max_length, device=runtime.device,
+                                      autocast=autocast)
                 for line, prediction in zip(chunk, predictions):
                     record = {"text": line.text, "entities": entities_of(line.words, line.text, prediction)}
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")

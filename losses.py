@@ -17,9 +17,17 @@ import torch.nn.functional as F
 from models import LabelProjection
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is set, computed on the device (no data-dependent shapes,
+    so no host-device synchronisation in the training step)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
 def cross_entropy(emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean CE over real words. emissions (B, W, C), labels (B, W), mask (B, W) bool."""
-    return F.cross_entropy(emissions[mask].float(), labels[mask])
+    per_word = F.cross_entropy(emissions.float().flatten(0, 1), labels.flatten(), reduction="none")
+    return _masked_mean(per_word.view_as(labels), mask)
 
 
 @dataclass(frozen=True)
@@ -57,38 +65,53 @@ def kd_loss(emissions_s: torch.Tensor, emissions_t: torch.Tensor, mask: torch.Te
     sets the full distributions are compared; otherwise probabilities are summed per
     entity type first (type-level KD).
     """
-    log_p_s = F.log_softmax(emissions_s[mask].float() / temperature, dim=-1)   # (N, C_s)
-    log_p_t = F.log_softmax(emissions_t[mask].float() / temperature, dim=-1)   # (N, C_t)
+    log_p_s = F.log_softmax(emissions_s.float() / temperature, dim=-1)   # (B, W, C_s)
+    log_p_t = F.log_softmax(emissions_t.float() / temperature, dim=-1)   # (B, W, C_t)
     if mapping.teacher_order is not None:
-        log_q_s, log_q_t = log_p_s, log_p_t[:, mapping.teacher_order]
+        log_q_s, log_q_t = log_p_s, log_p_t[..., mapping.teacher_order]
     else:
-        log_q_s = torch.logsumexp(log_p_s.unsqueeze(-1) + mapping.student_types, dim=1)  # (N, K)
-        log_q_t = torch.logsumexp(log_p_t.unsqueeze(-1) + mapping.teacher_types, dim=1)  # (N, K)
+        log_q_s = torch.logsumexp(log_p_s.unsqueeze(-1) + mapping.student_types, dim=-2)  # (B, W, K)
+        log_q_t = torch.logsumexp(log_p_t.unsqueeze(-1) + mapping.teacher_types, dim=-2)  # (B, W, K)
     q_t = log_q_t.exp()
     # 0 * log 0 = 0: types the teacher gives no mass contribute nothing
     terms = torch.where(q_t > 0, q_t * (log_q_t - log_q_s), torch.zeros_like(q_t))
-    return terms.sum(dim=-1).mean() * temperature ** 2
+    return _masked_mean(terms.sum(dim=-1), mask) * temperature ** 2
 
 
 def hidden_state_loss(hidden_s: list[torch.Tensor], hidden_t: list[torch.Tensor],
                       attention_mask: torch.Tensor) -> torch.Tensor:
     """Patient-KD loss on every real token: ||s/|s| - t/|t|||² per token, mean over tokens
     and layer pairs. hidden_s[i] and hidden_t[i] are (B, T, H) for the i-th mapped pair."""
-    real = attention_mask.bool()
     per_layer = []
     for h_s, h_t in zip(hidden_s, hidden_t):
-        diff = F.normalize(h_s[real].float(), dim=-1) - F.normalize(h_t[real].float(), dim=-1)
-        per_layer.append(diff.pow(2).sum(dim=-1).mean())
+        diff = F.normalize(h_s.float(), dim=-1) - F.normalize(h_t.float(), dim=-1)   # (B, T, H)
+        per_layer.append(_masked_mean(diff.pow(2).sum(dim=-1), attention_mask))
     return torch.stack(per_layer).mean()
 
 
 def crf_nll(crf, emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """CRF negative log-likelihood per word (pytorch-crf's token mean) over word-level emissions.
+    """CRF negative log-likelihood per word over word-level emissions, with the scores of a
+    pytorch-crf `CRF`: the value of `-crf(emissions, labels, mask, reduction="token_mean")`.
 
-    The mask must be contiguous from the first word, which word packing guarantees.
+    Computed here because pytorch-crf checks its mask on the host, which would synchronise
+    the GPU at every step. The mask must be contiguous from the first word (word packing).
+    emissions (B, W, C), labels (B, W), mask (B, W) bool.
     """
     with torch.autocast(device_type=emissions.device.type, enabled=False):
-        return -crf(emissions.float(), labels, mask=mask, reduction="token_mean")
+        emissions = emissions.float()
+        start, transitions, end = crf.start_transitions, crf.transitions, crf.end_transitions
+        real = mask.to(emissions.dtype)
+        emitted = emissions.gather(2, labels.unsqueeze(-1)).squeeze(-1)                  # (B, W)
+        moves = transitions[labels[:, :-1], labels[:, 1:]]                               # (B, W-1)
+        last = labels.gather(1, (mask.sum(dim=1, keepdim=True) - 1).clamp_min(0)).squeeze(1)
+        gold = (start[labels[:, 0]] + emitted[:, 0] + ((moves + emitted[:, 1:]) * real[:, 1:]).sum(dim=1)
+                + end[last])                                                             # (B,)
+        alpha = start + emissions[:, 0]                                                  # (B, C)
+        for t in range(1, emissions.size(1)):
+            step = torch.logsumexp(alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1), dim=1)
+            alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
+        log_partition = torch.logsumexp(alpha + end, dim=1)                             # (B,)
+        return (log_partition - gold).sum() / real.sum().clamp_min(1)
 
 
 @dataclass(frozen=True)
@@ -111,8 +134,7 @@ def combined_loss(emissions_s: torch.Tensor, hidden_s: list[torch.Tensor] | None
         terms["ce"] = cross_entropy(emissions_s, word_labels, word_mask)
     if weights.kd > 0:
         kd_mask = word_mask & mapping.known_labels[word_labels]
-        terms["kd"] = (kd_loss(emissions_s, targets.emissions, kd_mask, mapping, temperature)
-                       if kd_mask.any() else emissions_s.sum() * 0.0)
+        terms["kd"] = kd_loss(emissions_s, targets.emissions, kd_mask, mapping, temperature)
     if weights.hidden > 0:
         terms["hidden"] = hidden_state_loss(hidden_s, targets.hidden, attention_mask)
     if weights.crf > 0 and crf is not None:

@@ -200,11 +200,28 @@ class NERModel(nn.Module):
     def labels(self) -> tuple[str, ...]:
         return self.info.labels
 
+    @property
+    def config(self):
+        """The Hugging Face config of the token classifier."""
+        return self.backbone.config
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 output_hidden_states: bool = False) -> ModelOutput:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+        out = self.backbone(input_ids=input_ids, attention_mask=_key_mask(attention_mask, self.config),
                             output_hidden_states=output_hidden_states)
         return ModelOutput(out.logits, out.hidden_states if output_hidden_states else None)
+
+
+def _key_mask(attention_mask: torch.Tensor, config) -> torch.Tensor:
+    """The padding mask as the 4D mask (B, 1, 1, T) that attention takes as it is.
+
+    Given a 2D mask, transformers asks `mask.all()` to skip masking, which makes the host
+    wait for the GPU at every forward pass; a prepared 4D mask skips that question.
+    """
+    keys = attention_mask[:, None, None, :].bool()
+    if config._attn_implementation == "sdpa":
+        return keys
+    return torch.zeros(keys.shape, device=keys.device).masked_fill(~keys, torch.finfo(torch.float32).min)
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -230,7 +247,7 @@ def heads_per_layer(model: NERModel) -> list[int]:
 
 def max_subwords(model: NERModel) -> int:
     """Longest input (special tokens included) the position embeddings allow."""
-    config = model.backbone.config
+    config = model.config
     positions = config.max_position_embeddings
     if config.model_type in {"roberta", "camembert", "xlm-roberta", "longformer"}:
         positions -= config.pad_token_id + 1  # RoBERTa positions start after the padding index

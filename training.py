@@ -187,6 +187,22 @@ def _teacher_targets(teacher: NERModel | None, batch, weights: LossWeights,
                           None if hidden is None else [h.clone() for h in hidden])
 
 
+def step_loss(model, student: NERModel, teacher: NERModel | None, batch, weights: LossWeights, temperature: float,
+              mapping: KDMapping | None, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward half of a training step: teacher targets, student outputs, weighted losses.
+
+    `model` is the student or its DDP wrapper. Nothing here waits for the device (no
+    data-dependent shapes, no .item()), so the GPU runs ahead of Python between log steps.
+    """
+    targets = _teacher_targets(teacher, batch, weights, student.info.teacher_layers, autocast)
+    with autocast():
+        out = model(batch.input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
+        emissions = word_level_emissions(out.logits, batch.word_starts)
+        hidden = list(out.hidden_states[1:]) if weights.hidden > 0 else None
+        return combined_loss(emissions, hidden, targets, batch.word_labels, batch.word_mask, batch.attention_mask,
+                             student.crf, weights, mapping, temperature)
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -345,15 +361,8 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
             sync = model.no_sync() if runtime.distributed and not boundary else nullcontext()
             try:
                 with sync:
-                    targets = _teacher_targets(teacher, batch, settings.weights, student.info.teacher_layers, autocast)
-                    with autocast():
-                        out = model(batch.input_ids, batch.attention_mask,
-                                    output_hidden_states=settings.weights.hidden > 0)
-                        emissions = word_level_emissions(out.logits, batch.word_starts)
-                        hidden = list(out.hidden_states[1:]) if settings.weights.hidden > 0 else None
-                        loss, terms = combined_loss(emissions, hidden, targets, batch.word_labels, batch.word_mask,
-                                                    batch.attention_mask, student.crf, settings.weights,
-                                                    mapping, settings.temperature)
+                    loss, terms = step_loss(model, student, teacher, batch, settings.weights, settings.temperature,
+                                            mapping, autocast)
                     scaler.scale(loss / settings.grad_accumulation_steps).backward()
                 if boundary:
                     scaler.unscale_(optimizer)

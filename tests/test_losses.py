@@ -300,6 +300,21 @@ def test_crf_nll_ignores_padding():
     assert single.item() == pytest.approx(brute_nll(crf, row0[:2], [2, 1]) / 2, abs=1e-5)
 
 
+def test_crf_nll_equals_pytorch_crf_value_and_gradient():
+    torch.manual_seed(3)
+    crf = CRF(5, batch_first=True)
+    emissions = torch.randn(4, 7, 5, requires_grad=True)
+    labels = torch.randint(0, 5, (4, 7))
+    mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [3], [1], [5]])
+    ours = crf_nll(crf, emissions, labels, mask)
+    reference = -crf(emissions, labels, mask=mask, reduction="token_mean")
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
+    grads = torch.autograd.grad(ours, [emissions, crf.transitions])
+    reference_grads = torch.autograd.grad(reference, [emissions, crf.transitions])
+    for mine, theirs in zip(grads, reference_grads):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # combined_loss
 

@@ -172,3 +172,27 @@ def test_two_process_ddp_run_on_gloo(tmp_path, tiny_config):
     assert summary["optimizer_steps"] == 24 and summary["val"]["overall"]["support"] > 0
     assert result.stdout.count("Best model (epoch") == 1  # rank 0 alone reports and writes
     load_model(out)
+
+
+def test_a_training_step_never_waits_for_the_device(io_teacher, europeana):
+    """No op that copies a value to the host (.item(), bool(tensor), boolean-mask indexing)."""
+    from conftest import BIO_LABELS
+    from data_loader import collate_windows, encode_sentences, read_examples
+    from losses import KDMapping
+    from models import build_student, load_teacher, project_labels
+    from utils import LossWeights
+    teacher, tokenizer = load_teacher(str(io_teacher))
+    projection = project_labels(list(teacher.labels), list(BIO_LABELS))
+    student = build_student(teacher, [0, 2, 3], list(BIO_LABELS), projection, use_crf=True).train()
+    examples = read_examples(europeana / "train.jsonl")[:8]
+    windows = encode_sentences(tokenizer, [list(e.tokens) for e in examples], 64,
+                               tags=[list(e.tags) for e in examples], label2id={l: i for i, l in enumerate(BIO_LABELS)})
+    batch = collate_windows(windows, tokenizer.pad_token_id)
+    weights, mapping = LossWeights(ce=0.5, kd=0.5, hidden=0.1, crf=1.0), KDMapping.from_projection(projection)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        loss, terms = training.step_loss(student, student, teacher, batch, weights, 2.5, mapping)
+        loss.backward()
+    ops = {event.name for event in profile.events()}
+    assert set(terms) == {"ce", "kd", "hidden", "crf"} and "aten::addmm" in ops
+    assert not ops & {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}, \
+        ops & {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
