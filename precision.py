@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -79,12 +80,20 @@ def export_onnx(model: NERModel, folder: Path) -> tuple[Path, Path]:
     staging_onnx, staging_int8 = folder / f".{ONNX_NAME}.tmp", folder / f".{INT8_NAME}.tmp"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(_Logits(model.backbone), (dummy, mask), str(staging_onnx), dynamo=False,
+        # the wrapper in eval mode: the exporter restores the wrapper's mode afterwards, and a new
+        # module's mode is train, which would leave the model with dropout on
+        torch.onnx.export(_Logits(model.backbone).eval(), (dummy, mask), str(staging_onnx), dynamo=False,
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes={name: {0: "batch", 1: "sequence"}
                                         for name in ("input_ids", "attention_mask", "logits")},
                           opset_version=OPSET, do_constant_folding=True)
-    quantize_dynamic(str(staging_onnx), str(staging_int8), weight_type=QuantType.QInt8, per_channel=True)
+    quiet = logging.getLogger()  # the quantizer logs advice about pre-processing at WARNING on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(staging_onnx), str(staging_int8), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        quiet.setLevel(level)
     os.replace(staging_onnx, onnx_path)
     os.replace(staging_int8, int8_path)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # last: it vouches for the two files
@@ -98,8 +107,12 @@ class OnnxNERModel:
         onnxruntime = _onnxruntime()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.model, self.training = model, False
+        # ONNX Runtime gets the cores; torch is left with CRF decoding only, on one thread, so that
+        # its idle OpenMP threads do not spin against ONNX Runtime's (measured: +20% words/s, 2 cores)
+        torch.set_num_threads(1)
 
     labels = property(lambda self: self.model.labels)
     info = property(lambda self: self.model.info)

@@ -16,6 +16,7 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,19 +46,19 @@ class TrainSettings:
     weights: LossWeights
     temperature: float
     precision: str                      # fp32, bf16 or fp16 (already resolved)
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    crf_learning_rate: float = 1e-3
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    early_stopping_patience: int = 3
-    log_every_steps: int = 50
-    checkpoint_every_steps: int = 500
-    seed: int = 42
-    num_workers: int = 0
-    max_length: int = 256
+    max_length: int                     # subwords per window
+    batch_size: int
+    eval_batch_size: int
+    crf_learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    grad_accumulation_steps: int
+    max_grad_norm: float
+    early_stopping_patience: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    seed: int
+    num_workers: int
 
     @classmethod
     def from_config(cls, training: TrainingConfig, **values) -> "TrainSettings":
@@ -304,7 +305,7 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
                                         settings.seed, num_replicas=runtime.world_size, rank=runtime.rank)
     # a private generator: creating the loader must not consume the global RNG (resume equivalence)
     loader = DataLoader(train_windows, batch_sampler=sampler, num_workers=settings.num_workers,
-                        collate_fn=lambda ws: collate_windows(ws, tokenizer.pad_token_id),
+                        collate_fn=partial(collate_windows, pad_id=tokenizer.pad_token_id),
                         generator=torch.Generator().manual_seed(settings.seed),
                         pin_memory=device.type == "cuda")
     batches_per_epoch = len(sampler)
@@ -340,7 +341,7 @@ def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows:
 
     running: dict[str, torch.Tensor | float] = dict(state.log_sums)
     window_count, window_clock = 0, time.time()
-    stopped_by, early_stopped = None, False
+    stopped_by, early_stopped = None, 0 < settings.early_stopping_patience <= state.bad_epochs
 
     def checkpoint_now():
         state.log_sums = {name: float(value) for name, value in running.items()}

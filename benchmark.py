@@ -1,0 +1,267 @@
+"""Speed of the teacher and the students, each model measured in a process of its own.
+
+    python benchmark.py --like camembert-base --layers 10 --prune-rate 0.25 --precision fp32 bf16 int8
+    python benchmark.py --model Jean-Baptiste/camembert-ner --model artifacts/student_10L_final --precision fp32 int8
+    python benchmark.py --like camembert-base --layers 10 --prune-rate 0.25 --train
+
+The first row is the baseline (the teacher, fp32); every row gives its ratio to it. Throughput
+is words/s over the sentences of --data in batches of --batch-size (the median of --repeats
+timed passes after a warm-up); latency is one sentence at a time (p50 and p95). `--like` builds
+randomly initialised models with a real teacher's shapes, so nothing is downloaded: speed does
+not depend on the weights. Timings of several models in one process were unstable, hence one
+process per row. --train times a distillation step against a plain fine-tuning step of the
+same student on the same batch.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data_loader import collate_windows, encode_sentences, read_examples, subword_pieces
+from decoding import predict
+from losses import KDMapping
+from models import (NERModel, PipelineInfo, build_student, count_parameters, heads_per_layer, load_any_model,
+                    project_labels, remove_attention_heads, select_teacher_layers)
+from precision import PRECISIONS, for_inference
+from pruning import heads_to_prune, plan_prune_count
+from training import step_loss
+from utils import LossWeights, PipelineError, autocast_for, init_runtime, run_cli, write_json
+
+# Shapes of public teachers, for models built without downloading anything.
+SHAPES = {
+    "camembert-base": dict(model_type="camembert", vocab_size=32005, hidden_size=768, num_hidden_layers=12,
+                           num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
+                           pad_token_id=1, bos_token_id=5, eos_token_id=6, type_vocab_size=1, layer_norm_eps=1e-5),
+    # a toy size, to check the benchmark itself in seconds
+    "camembert-tiny": dict(model_type="camembert", vocab_size=8000, hidden_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=514,
+                           pad_token_id=1, bos_token_id=5, eos_token_id=6, type_vocab_size=1, layer_norm_eps=1e-5),
+}
+TEACHER_LABELS = ("O", "I-LOC", "I-PER", "I-MISC", "I-ORG")
+STUDENT_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+
+
+def build_like(like: str, layers: int | None, prune_rate: float, seed: int = 0) -> NERModel:
+    """A random model with `like`'s shapes: the teacher, or a student of `layers` layers with
+    `prune_rate` of its heads removed (chosen at random: speed does not depend on which)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+    shapes = dict(SHAPES[like])
+    config = AutoConfig.for_model(shapes.pop("model_type"), **shapes, id2label=dict(enumerate(TEACHER_LABELS)),
+                                  label2id={label: i for i, label in enumerate(TEACHER_LABELS)})
+    torch.manual_seed(seed)
+    teacher = NERModel(AutoModelForTokenClassification.from_config(config),
+                       PipelineInfo(TEACHER_LABELS, False, f"like:{like}", tuple(range(config.num_hidden_layers)),
+                                    stage="teacher")).eval()
+    if layers is None or (layers == config.num_hidden_layers and prune_rate == 0):
+        return teacher
+    projection = project_labels(list(TEACHER_LABELS), list(STUDENT_LABELS))
+    student = build_student(teacher, select_teacher_layers(config.num_hidden_layers, layers), list(STUDENT_LABELS),
+                            projection, use_crf=True)
+    count = plan_prune_count(heads_per_layer(student), prune_rate, 1)
+    remove_attention_heads(student, heads_to_prune(torch.rand(layers, config.num_attention_heads), count, 1))
+    return student.eval()
+
+
+# ---------------------------------------------------------------------------
+# One row, in its own process
+
+def measure_inference(spec: dict) -> dict:
+    runtime = init_runtime(spec["device"])
+    sentences = json.loads(Path(spec["sentences"]).read_text())
+    if spec["like"]:
+        from transformers import AutoTokenizer
+        model, tokenizer = build_like(spec["like"], spec["layers"], spec["prune_rate"]), \
+            AutoTokenizer.from_pretrained(spec["tokenizer"])
+        model_ref = Path(spec["scratch"]) / f"export_{spec['layers']}_{spec['prune_rate']}"  # int8 files go here
+        model_ref.mkdir(exist_ok=True)
+    else:
+        model, tokenizer = load_any_model(spec["model"], "cpu")
+        model_ref = spec["model"]
+    size = {"parameters": count_parameters(model), "heads": sum(heads_per_layer(model))}
+    model, autocast = for_inference(model.to(runtime.device), str(model_ref), spec["precision"], runtime.device,
+                                    log=lambda *a: None)
+    run = lambda batch, size: predict(model, tokenizer, batch, batch_size=size, device=runtime.device,
+                                      autocast=autocast)
+    run(sentences[:spec["batch_size"]], spec["batch_size"])                       # warm-up
+    passes = []
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        run(sentences, spec["batch_size"])
+        passes.append(time.perf_counter() - started)
+    singles = sentences[::max(1, len(sentences) // spec["latency_sentences"])][:spec["latency_sentences"]]
+    for sentence in singles[:3]:
+        run([sentence], 1)                                                          # warm-up
+    latencies = []
+    for sentence in singles:
+        started = time.perf_counter()
+        run([sentence], 1)
+        latencies.append(time.perf_counter() - started)
+    latencies.sort()
+    return {"words_per_s": sum(map(len, sentences)) / statistics.median(passes),
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p95_ms": 1000 * latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+            **size, "device": str(runtime.device)}
+
+
+def measure_training(spec: dict) -> dict:
+    """Median time of an optimizer step: plain fine-tuning, or distillation from the teacher."""
+    from transformers import AutoTokenizer
+    runtime = init_runtime(spec["device"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    examples = json.loads(Path(spec["sentences"]).read_text())[:spec["batch_size"]]
+    label2id = {label: i for i, label in enumerate(STUDENT_LABELS)}
+    windows = encode_sentences(tokenizer, examples, 128, tags=[["O"] * len(s) for s in examples], label2id=label2id)
+    batch = collate_windows(windows[:spec["batch_size"]], tokenizer.pad_token_id).to(runtime.device)
+    student = build_like(spec["like"], spec["layers"], spec["prune_rate"]).to(runtime.device).train()
+    teacher, weights, mapping = None, LossWeights(ce=1.0, kd=0.0, hidden=0.0, crf=1.0), None
+    if spec["mode"] == "kd":
+        teacher = build_like(spec["like"], None, 0.0).to(runtime.device).eval().requires_grad_(False)
+        weights = LossWeights(ce=0.5, kd=0.5, hidden=0.1, crf=1.0)
+        mapping = KDMapping.from_projection(project_labels(list(TEACHER_LABELS), list(STUDENT_LABELS)), runtime.device)
+    autocast = autocast_for(spec["precision"], runtime.device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    times = []
+    for step in range(spec["steps"] + 2):
+        started = time.perf_counter()
+        loss, _ = step_loss(student, student, teacher, batch, weights, 2.5, mapping, autocast)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:                                                              # two warm-up steps
+            times.append(time.perf_counter() - started)
+    return {"step_ms": 1000 * statistics.median(times), "batch": list(batch.input_ids.shape),
+            "device": str(runtime.device)}
+
+
+# ---------------------------------------------------------------------------
+# The table
+
+def run_worker(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        error = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": error}
+    return json.loads(lines[-1])
+
+
+def inference_rows(args) -> list[dict]:
+    rows = []
+    if args.like:
+        rows.append({"label": f"teacher ({args.like}, random)", "layers": None, "prune_rate": 0.0, "precision": "fp32"})
+        rows += [{"label": f"teacher ({args.like}, random)", "layers": None, "prune_rate": 0.0, "precision": p}
+                 for p in args.teacher_precision if p != "fp32"]
+        student = f"student ({args.layers} layers, {args.prune_rate:.0%} heads pruned)"
+        rows += [{"label": student, "layers": args.layers, "prune_rate": args.prune_rate, "precision": p}
+                 for p in args.precision]
+    else:
+        rows.append({"label": args.model[0], "model": args.model[0], "precision": "fp32"})
+        rows += [{"label": args.model[0], "model": args.model[0], "precision": p}
+                 for p in args.teacher_precision if p != "fp32"]
+        rows += [{"label": name, "model": name, "precision": p} for name in args.model[1:] for p in args.precision]
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    base = rows[0]
+    header = ["model", "precision", "params", "words/s", "x first", "p50 ms", "x first", "p95 ms"]
+    lines = [header]
+    for row in rows:
+        if "error" in row:
+            lines.append([row["label"], row["precision"], "-", "failed: " + row["error"][:60], "", "", "", ""])
+            continue
+        ratio = lambda key: f"{row[key] / base[key]:.2f}" if "error" not in base else "-"
+        lines.append([row["label"], row["precision"], f"{row['parameters'] / 1e6:.1f}M", f"{row['words_per_s']:.0f}",
+                      ratio("words_per_s"), f"{row['p50_ms']:.1f}", ratio("p50_ms"), f"{row['p95_ms']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    render = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [render(line) for line in lines[1:]])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--model", action="append", help="artifact folder or hub id; the first is the baseline")
+    models.add_argument("--like", choices=sorted(SHAPES), help="random models with these shapes (no download)")
+    parser.add_argument("--layers", type=int, default=10, help="student layers with --like (default 10)")
+    parser.add_argument("--prune-rate", type=float, default=0.25, help="student heads removed with --like")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=PRECISIONS,
+                        help="precisions of the student rows (default fp32 int8)")
+    parser.add_argument("--teacher-precision", nargs="+", default=["fp32"], choices=PRECISIONS,
+                        help="extra precisions of the baseline model (its fp32 row always comes first)")
+    parser.add_argument("--data", default="data/test.jsonl", help="JSONL whose sentences are timed")
+    parser.add_argument("--sentences", type=int, default=128, help="sentences timed per pass (default 128)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts")
+    parser.add_argument("--latency-sentences", type=int, default=40)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--train", action="store_true", help="time a KD step against a plain fine-tuning step")
+    parser.add_argument("--train-precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps with --train")
+    parser.add_argument("--output", help="write the results as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = measure_training(spec) if spec.get("mode") else measure_inference(spec)
+        print(json.dumps(result))
+        return 0
+    if not args.like and not args.model:
+        raise PipelineError("give --like camembert-base (random models) or one or more --model.")
+    if args.train and not args.like:
+        raise PipelineError("--train builds its models: use it with --like.")
+
+    corpus = [list(e.tokens) for e in read_examples(args.data)]
+    sentences = corpus[:args.sentences]
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "sentences.json").write_text(json.dumps(sentences, ensure_ascii=False))
+        common = {"sentences": str(Path(scratch) / "sentences.json"), "device": args.device, "scratch": scratch,
+                  "batch_size": args.batch_size, "repeats": args.repeats, "like": args.like,
+                  "latency_sentences": args.latency_sentences, "tokenizer": None}
+        if args.like:
+            sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
+            from make_demo_teacher import train_tokenizer
+            # a unigram tokenizer trained on the whole file stands in for the teacher's
+            tokenizer = train_tokenizer(corpus, Path(scratch) / "tokenizer", vocab_size=8000)
+            common["tokenizer"] = str(Path(scratch) / "tokenizer")
+            pieces = subword_pieces(tokenizer, sentences)
+            print(f"random models with {args.like} shapes; their tokenizer gives "
+                  f"{sum(len(p) for s in pieces for p in s) / sum(map(len, sentences)):.2f} subwords per word.")
+        print(f"{len(sentences)} sentences ({sum(map(len, sentences))} words) from {args.data}, "
+              f"device {args.device}, one process per row.")
+        report = {"data": args.data, "sentences": len(sentences), "device": args.device, "rows": []}
+        if args.train:
+            steps = []
+            for mode in ("plain", "kd"):
+                spec = dict(common, mode=mode, layers=args.layers, prune_rate=args.prune_rate,
+                            precision=args.train_precision, steps=args.steps)
+                steps.append(run_worker(spec))
+                print(f"{mode} step: {steps[-1]}")
+            report["train"] = {"plain": steps[0], "kd": steps[1]}
+            if all("step_ms" in s for s in steps):
+                ratio = steps[1]["step_ms"] / steps[0]["step_ms"]
+                report["train"]["kd_over_plain"] = ratio
+                print(f"KD step {steps[1]['step_ms']:.0f} ms vs plain fine-tuning step {steps[0]['step_ms']:.0f} ms "
+                      f"(batch {steps[0]['batch']}): ratio {ratio:.2f}")
+        else:
+            for row in inference_rows(args):
+                print(f"measuring {row['label']} ({row['precision']}) ...", flush=True)
+                row.update(run_worker(dict(common, **row)))
+                report["rows"].append(row)
+            print(format_table(report["rows"]))
+    if args.output:
+        write_json(args.output, report)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
