@@ -5,12 +5,13 @@
     python benchmark.py --like camembert-base --layers 10 --prune-rate 0.25 --train
 
 The first row is the baseline (the teacher, fp32); every row gives its ratio to it. Throughput
-is words/s over the sentences of --data in batches of --batch-size (the median of --repeats
-timed passes after a warm-up); latency is one sentence at a time (p50 and p95). `--like` builds
+is words/s over the sentences of --data in batches of --batch-size (the median of the timed
+passes, after a warm-up); latency is one sentence at a time (p50 and p95). `--like` builds
 randomly initialised models with a real teacher's shapes, so nothing is downloaded: speed does
 not depend on the weights. Timings of several models in one process were unstable, hence one
 process per row. --train times a distillation step against a plain fine-tuning step of the
-same student on the same batch.
+same student on the same batch. The machine's speed drifts: each row runs in --rounds
+processes, rows alternating, and the medians are taken over all of them.
 """
 import argparse
 import json
@@ -102,11 +103,19 @@ def measure_inference(spec: dict) -> dict:
         started = time.perf_counter()
         run([sentence], 1)
         latencies.append(time.perf_counter() - started)
-    latencies.sort()
-    return {"words_per_s": sum(map(len, sentences)) / statistics.median(passes),
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p95_ms": 1000 * latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+    return {"words": sum(map(len, sentences)), "pass_seconds": passes, "latencies_ms": [1000 * t for t in latencies],
             **size, "device": str(runtime.device)}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Merge one row's rounds: words/s from the median pass, p50/p95 over every single-sentence call."""
+    passes = [t for r in results for t in r["pass_seconds"]]
+    latencies = sorted(t for r in results for t in r["latencies_ms"])
+    return {"words_per_s": results[0]["words"] / statistics.median(passes),
+            "p50_ms": statistics.median(latencies),
+            "p95_ms": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
+            "passes": len(passes), "parameters": results[0]["parameters"], "heads": results[0]["heads"],
+            "device": results[0]["device"]}
 
 
 def measure_training(spec: dict) -> dict:
@@ -137,8 +146,7 @@ def measure_training(spec: dict) -> dict:
             torch.cuda.synchronize()
         if step >= 2:                                                              # two warm-up steps
             times.append(time.perf_counter() - started)
-    return {"step_ms": 1000 * statistics.median(times), "batch": list(batch.input_ids.shape),
-            "device": str(runtime.device)}
+    return {"step_ms": [1000 * t for t in times], "batch": list(batch.input_ids.shape), "device": str(runtime.device)}
 
 
 # ---------------------------------------------------------------------------
@@ -201,7 +209,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data/test.jsonl", help="JSONL whose sentences are timed")
     parser.add_argument("--sentences", type=int, default=128, help="sentences timed per pass (default 128)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per process (default 2)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="processes per row, rows alternating; the median pass over all counts (default 2)")
     parser.add_argument("--latency-sentences", type=int, default=40)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--train", action="store_true", help="time a KD step against a plain fine-tuning step")
@@ -240,22 +250,34 @@ def main(argv=None) -> int:
               f"device {args.device}, one process per row.")
         report = {"data": args.data, "sentences": len(sentences), "device": args.device, "rows": []}
         if args.train:
-            steps = []
-            for mode in ("plain", "kd"):
-                spec = dict(common, mode=mode, layers=args.layers, prune_rate=args.prune_rate,
-                            precision=args.train_precision, steps=args.steps)
-                steps.append(run_worker(spec))
-                print(f"{mode} step: {steps[-1]}")
-            report["train"] = {"plain": steps[0], "kd": steps[1]}
-            if all("step_ms" in s for s in steps):
-                ratio = steps[1]["step_ms"] / steps[0]["step_ms"]
-                report["train"]["kd_over_plain"] = ratio
-                print(f"KD step {steps[1]['step_ms']:.0f} ms vs plain fine-tuning step {steps[0]['step_ms']:.0f} ms "
-                      f"(batch {steps[0]['batch']}): ratio {ratio:.2f}")
+            runs = {"plain": [], "kd": []}
+            for round_number in range(1, args.rounds + 1):
+                for mode in runs:
+                    spec = dict(common, mode=mode, layers=args.layers, prune_rate=args.prune_rate,
+                                precision=args.train_precision, steps=args.steps)
+                    runs[mode].append(run_worker(spec))
+                    print(f"round {round_number}/{args.rounds}, {mode} step: {runs[mode][-1]}", flush=True)
+            failed = [r for rs in runs.values() for r in rs if "error" in r]
+            if failed:
+                raise PipelineError(f"a training-step worker failed: {failed[0]['error']}")
+            report["train"] = {mode: {"step_ms": statistics.median(t for r in rs for t in r["step_ms"]),
+                                      "batch": rs[0]["batch"], "device": rs[0]["device"]}
+                               for mode, rs in runs.items()}
+            plain, kd = report["train"]["plain"], report["train"]["kd"]
+            report["train"]["kd_over_plain"] = kd["step_ms"] / plain["step_ms"]
+            print(f"KD step {kd['step_ms']:.0f} ms vs plain fine-tuning step {plain['step_ms']:.0f} ms "
+                  f"(median of {args.rounds * args.steps} steps each, batch {plain['batch']}): "
+                  f"ratio {report['train']['kd_over_plain']:.2f}")
         else:
-            for row in inference_rows(args):
-                print(f"measuring {row['label']} ({row['precision']}) ...", flush=True)
-                row.update(run_worker(dict(common, **row)))
+            # rows alternate within each round, so that a slow spell of the machine hits them all
+            rows, results = inference_rows(args), {}
+            for round_number in range(1, args.rounds + 1):
+                for index, row in enumerate(rows):
+                    print(f"round {round_number}/{args.rounds}: {row['label']} ({row['precision']}) ...", flush=True)
+                    results.setdefault(index, []).append(run_worker(dict(common, **row)))
+            for index, row in enumerate(rows):
+                failed = [r for r in results[index] if "error" in r]
+                row.update(failed[0] if failed else summarise(results[index]))
                 report["rows"].append(row)
             print(format_table(report["rows"]))
     if args.output:

@@ -19,12 +19,13 @@ def test_camembert_base_shapes_give_the_expected_parameter_counts():
 def test_rows_run_in_their_own_processes_with_ratios_to_the_first(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--like", "camembert-tiny", "--layers", "3", "--prune-rate", "0.25", "--sentences", "24",
-                           "--repeats", "1", "--latency-sentences", "4", "--precision", "fp32", "int8",
+                           "--repeats", "1", "--rounds", "2", "--latency-sentences", "4", "--precision", "fp32", "int8",
                            "--output", str(out)]) == 0
     rows = read_json(out)["rows"]
     assert [(r["label"].split(" ")[0], r["precision"]) for r in rows] == \
         [("teacher", "fp32"), ("student", "fp32"), ("student", "int8")]
     assert all("error" not in r and r["words_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
+    assert all(r["passes"] == 2 for r in rows)                   # one pass in each of two processes
     assert rows[1]["heads"] == rows[2]["heads"] == 9 and rows[0]["heads"] == 16
     assert rows[1]["parameters"] < rows[0]["parameters"]
     table = capsys.readouterr().out
@@ -34,7 +35,7 @@ def test_rows_run_in_their_own_processes_with_ratios_to_the_first(tmp_path, caps
 
 def test_training_step_ratio(tmp_path):
     out = tmp_path / "train.json"
-    assert benchmark.main(["--like", "camembert-tiny", "--layers", "3", "--train", "--steps", "2",
+    assert benchmark.main(["--like", "camembert-tiny", "--layers", "3", "--train", "--steps", "2", "--rounds", "1",
                            "--batch-size", "8", "--output", str(out)]) == 0
     train = read_json(out)["train"]
     assert train["plain"]["batch"] == train["kd"]["batch"] and train["plain"]["batch"][0] == 8
