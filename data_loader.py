@@ -398,7 +398,7 @@ def encode_sentences(tokenizer, sentences: list[list[str]], max_length: int, ove
     """
     budget = max_length - 2
     windows = []
-    for index, (words, pieces) in enumerate(zip(sentences, subword_pieces(tokenizer, sentences))):
+    for index, pieces in enumerate(subword_pieces(tokenizer, sentences)):
         sentence_tags = tags[index] if tags is not None else None
         breakable = None if sentence_tags is None else [not t.startswith("I-") for t in sentence_tags] + [True]
         for first, end in plan_windows([len(p) for p in pieces], budget, overlap, breakable):

@@ -70,7 +70,7 @@ def test_broken_line_is_reported_with_file_line_and_field(tmp_path, case):
     text, expected = BROKEN_LINES[case]
     path = write_lines(tmp_path, [GOOD, GOOD, text, GOOD])
     message = problems_of(path)
-    assert f"bad.jsonl:3: " in message
+    assert "bad.jsonl:3: " in message
     for part in expected:
         assert part in message
     assert message.splitlines()[0] == f"1 problem in {path}:"
