@@ -32,7 +32,7 @@ from models import (NERModel, PipelineInfo, build_student, count_parameters, hea
 from precision import PRECISIONS, for_inference
 from pruning import heads_to_prune, plan_prune_count
 from training import step_loss
-from utils import LossWeights, PipelineError, autocast_for, init_runtime, run_cli, write_json
+from utils import LossWeights, PipelineError, autocast_for, init_runtime, markdown_table, run_cli, write_json
 
 # Shapes of public teachers, for models built without downloading anything.
 SHAPES = {
@@ -181,7 +181,7 @@ def inference_rows(args) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
     header = ["model", "precision", "params", "words/s", "x first", "p50 ms", "x first", "p95 ms"]
-    lines = [header]
+    lines = []
     for row in rows:
         if "error" in row:
             lines.append([row["label"], row["precision"], "-", "failed: " + row["error"][:60], "", "", "", ""])
@@ -189,10 +189,7 @@ def format_table(rows: list[dict]) -> str:
         ratio = lambda key: f"{row[key] / base[key]:.2f}" if "error" not in base else "-"
         lines.append([row["label"], row["precision"], f"{row['parameters'] / 1e6:.1f}M", f"{row['words_per_s']:.0f}",
                       ratio("words_per_s"), f"{row['p50_ms']:.1f}", ratio("p50_ms"), f"{row['p95_ms']:.1f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    render = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
-    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [render(line) for line in lines[1:]])
+    return markdown_table(header, lines)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,8 @@ from data_loader import read_examples, read_label2id
 from decoding import map_entity_types, predict, seqeval_scores
 from models import count_parameters, load_any_model, project_labels
 from precision import PRECISIONS, for_inference
-from utils import PipelineError, add_config_args, init_runtime, load_config, run_cli, write_json
+from utils import (DEFAULT_CONFIG, PipelineError, add_config_args, init_runtime, load_config, markdown_table,
+                   run_cli, write_json)
 
 
 def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels: list[str], label_map: dict,
@@ -51,17 +52,14 @@ def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels
 def format_table(rows: list[dict]) -> str:
     types = sorted({t for row in rows for t in row["per_type"]})
     header = ["model", "stage", "precision", "params", "P", "R", "F1"] + [f"F1 {t}" for t in types] + ["words/s", "p50 ms"]
-    lines = [header]
+    lines = []
     for row in rows:
         overall = row["overall"]
         lines.append([row["model"], row["stage"], row.get("precision", "fp32"), f"{row['parameters'] / 1e6:.2f}M", f"{overall['precision']:.4f}",
                       f"{overall['recall']:.4f}", f"{overall['f1']:.4f}"]
                      + [f"{row['per_type'][t]['f1']:.4f}" if t in row["per_type"] else "-" for t in types]
                      + [f"{row['words_per_s']:.0f}", f"{row['p50_latency_ms']:.1f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    render = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
-    return "\n".join([render(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [render(line) for line in lines[1:]])
+    return markdown_table(header, lines)
 
 
 def main(argv=None) -> int:
@@ -85,8 +83,10 @@ def main(argv=None) -> int:
     label2id = read_label2id(label2id_file)
     labels = sorted(label2id, key=label2id.get)
     examples = read_examples(args.data, label2id)
-    label_map = load_config(args.config, args.overrides, check_files=False).distillation.label_map \
-        if Path(args.config).is_file() else {}
+    # the config only supplies distillation.label_map: the default may be absent (run from
+    # elsewhere), but a --config the user names must load
+    use_config = args.config != DEFAULT_CONFIG or Path(args.config).is_file()
+    label_map = load_config(args.config, args.overrides, check_files=False).distillation.label_map if use_config else {}
     runtime = init_runtime(args.device)
     sentences, gold = [list(e.tokens) for e in examples], [list(e.tags) for e in examples]
     rows = []

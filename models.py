@@ -257,6 +257,12 @@ def max_subwords(model: NERModel) -> int:
 # ---------------------------------------------------------------------------
 # Teacher
 
+def _load_tokenizer(where, model_type: str):
+    """The fast tokenizer of a checkpoint, set up to encode pre-split words."""
+    options = {"add_prefix_space": True} if model_type in PREFIX_SPACE_MODEL_TYPES else {}
+    return AutoTokenizer.from_pretrained(where, trust_remote_code=False, **options)
+
+
 def _is_local_reference(name_or_path: str) -> bool:
     """A path rather than a hub id: it exists, looks like a path, or its parent folder exists."""
     path = Path(name_or_path).expanduser()
@@ -281,8 +287,7 @@ def load_teacher(name_or_path: str) -> tuple[NERModel, object]:
         config = AutoConfig.from_pretrained(where, trust_remote_code=False)
         backbone, loading = AutoModelForTokenClassification.from_pretrained(
             where, trust_remote_code=False, output_loading_info=True)
-        tokenizer_options = {"add_prefix_space": True} if config.model_type in PREFIX_SPACE_MODEL_TYPES else {}
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **tokenizer_options)
+        tokenizer = _load_tokenizer(where, config.model_type)
     except (OSError, ValueError, KeyError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0", "false", "False"}
         if local:
@@ -371,6 +376,13 @@ def _init_classifier_from_teacher(classifier_s: nn.Linear, classifier_t: nn.Line
 # ---------------------------------------------------------------------------
 # Physical head pruning (transformers 5 has no prune_heads)
 
+def remaining_heads(model: NERModel) -> list[list[int]]:
+    """Original indices of the heads each layer still has."""
+    num_heads = model.config.num_attention_heads
+    return [[h for h in range(num_heads) if h not in model.info.pruned_heads.get(l, ())]
+            for l in range(len(encoder_layers(model)))]
+
+
 def remove_attention_heads(model: NERModel, heads: dict[int, list[int]]) -> None:
     """Remove attention heads in place, given per layer by their ORIGINAL index.
 
@@ -378,12 +390,12 @@ def remove_attention_heads(model: NERModel, heads: dict[int, list[int]]) -> None
     records the removal in `model.info.pruned_heads`, so a pruned model can be pruned again.
     """
     layers = encoder_layers(model)
-    num_heads = model.backbone.config.num_attention_heads
+    alive = remaining_heads(model)
     pruned = {l: set(h) for l, h in model.info.pruned_heads.items()}
     for layer_id, original_heads in sorted(heads.items()):
         if not original_heads:
             continue
-        remaining = [h for h in range(num_heads) if h not in pruned.get(layer_id, set())]
+        remaining = alive[layer_id]
         unknown = set(original_heads) - set(remaining)
         if unknown:
             raise PipelineError(f"layer {layer_id}: heads {sorted(unknown)} are already pruned "
@@ -503,8 +515,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     backbone.load_state_dict(state, strict=True)
     if model.crf is not None:
         model.crf.load_state_dict(crf_state, strict=True)
-    tokenizer_options = {"add_prefix_space": True} if config.model_type in PREFIX_SPACE_MODEL_TYPES else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **tokenizer_options)
+    tokenizer = _load_tokenizer(model_dir, config.model_type)
     return model.to(device).eval(), tokenizer
 
 

@@ -14,8 +14,8 @@ import sys
 import time
 
 from data_loader import batches_by_length, collate_windows, encode_sentences, read_examples
-from models import count_parameters, heads_per_layer, load_model, max_subwords, save_model
-from pruning import plan_prune_count, prune_model, remaining_heads
+from models import count_parameters, heads_per_layer, load_model, max_subwords, remaining_heads, save_model
+from pruning import plan_prune_count, prune_model
 from training import evaluate, make_eval_set
 from utils import (add_config_args, autocast_for, config_to_dict, init_runtime, load_config, package_versions,
                    prepare_output_dir, publish_dir, resolve_precision, run_cli, write_json)

@@ -20,15 +20,8 @@ import torch
 from data_loader import Batch
 from decoding import word_level_emissions
 from losses import combined_loss
-from models import NERModel, encoder_layers, heads_per_layer, remove_attention_heads
+from models import NERModel, encoder_layers, heads_per_layer, remaining_heads, remove_attention_heads
 from utils import LossWeights, PipelineError
-
-
-def remaining_heads(model: NERModel) -> list[list[int]]:
-    """Original indices of the heads each layer still has."""
-    num_heads = model.backbone.config.num_attention_heads
-    return [[h for h in range(num_heads) if h not in model.info.pruned_heads.get(l, ())]
-            for l in range(len(encoder_layers(model)))]
 
 
 class HeadGates:

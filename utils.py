@@ -468,6 +468,13 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
     return path
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """Rows of cells as an aligned Markdown table (for terminals and the README alike)."""
+    widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
+    render = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [render(r) for r in rows])
+
+
 def publish_dir(staging: Path, final: Path) -> Path:
     """Move a fully written folder into place (replacing `final`, which the caller checked)."""
     if final.exists():

@@ -41,3 +41,11 @@ def test_report_for_teacher_and_student_agrees_with_inference(tmp_path, european
     from_inference = seqeval_scores([list(e.tags) for e in examples], predicted)
     assert from_inference["overall"] == student_row["overall"]
     assert from_inference["per_type"] == student_row["per_type"]
+
+
+def test_a_named_config_that_does_not_exist_is_an_error(europeana, stage1_artifact, tmp_path):
+    import pytest
+    from utils import ConfigError
+    with pytest.raises(ConfigError, match="typo.yaml"):
+        evaluate.main(["--model", str(stage1_artifact), "--data", str(europeana / "val.jsonl"),
+                       "--config", str(tmp_path / "typo.yaml")])

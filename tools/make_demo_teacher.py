@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader import collate_windows, encode_sentences, read_examples  # noqa: E402
 from decoding import word_level_emissions  # noqa: E402
+from losses import cross_entropy  # noqa: E402
 from models import entity_type  # noqa: E402
 from utils import PipelineError, run_cli, set_seed  # noqa: E402
 
@@ -86,7 +87,7 @@ def fit_teacher(model, tokenizer, sentences: list[list[str]], tags: list[list[st
             batch = collate_windows([windows[i] for i in order[begin:begin + batch_size]], tokenizer.pad_token_id)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             emissions = word_level_emissions(logits, batch.word_starts)
-            loss = torch.nn.functional.cross_entropy(emissions[batch.word_mask], batch.word_labels[batch.word_mask])
+            loss = cross_entropy(emissions, batch.word_labels, batch.word_mask)
             loss.backward()
             optimizer.step()
             scheduler.step()
