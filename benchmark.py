@@ -26,13 +26,15 @@ import torch
 
 from data_loader import collate_windows, encode_sentences, read_examples, subword_pieces
 from decoding import predict
+from config import LossWeights
 from losses import KDMapping
 from models import (NERModel, PipelineInfo, build_student, count_parameters, heads_per_layer, load_any_model,
                     project_labels, remove_attention_heads, select_teacher_layers)
-from precision import PRECISIONS, for_inference
+from precision import PRECISIONS, autocast_for, for_inference
 from pruning import heads_to_prune, plan_prune_count
+from tools.make_demo_teacher import train_tokenizer
 from training import step_loss
-from utils import LossWeights, PipelineError, autocast_for, init_runtime, markdown_table, run_cli, write_json
+from utils import PipelineError, init_runtime, markdown_table, run_cli, write_json
 
 # Shapes of public teachers, for models built without downloading anything.
 SHAPES = {
@@ -235,8 +237,6 @@ def main(argv=None) -> int:
                   "batch_size": args.batch_size, "repeats": args.repeats, "like": args.like,
                   "latency_sentences": args.latency_sentences, "tokenizer": None}
         if args.like:
-            sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
-            from make_demo_teacher import train_tokenizer
             # a unigram tokenizer trained on the whole file stands in for the teacher's
             tokenizer = train_tokenizer(corpus, Path(scratch) / "tokenizer", vocab_size=8000)
             common["tokenizer"] = str(Path(scratch) / "tokenizer")

@@ -5,18 +5,34 @@ gives emissions for each word's first subword, overlapping windows are merged (e
 takes the emissions of the window where it sits furthest from a cut), and the whole
 sentence is decoded at once: constrained Viterbi when the model has a CRF, argmax with
 BIO repair otherwise. Decoding never returns an illegal BIO sequence.
+
+Decoding asks a model for four things only, the `Tagger` interface: its labels, its CRF (or
+None), its longest input, and token logits. `NERModel` and the ONNX Runtime model of
+`precision.py` both implement it. `extract_entities` is the whole text -> entities path that
+inference.py (and any server) uses.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import NamedTuple
+from contextlib import contextmanager, nullcontext
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from data_loader import EncodedWindow, batches_by_length, collate_windows, encode_sentences
-from models import NERModel, bio_constraints, entity_type, max_subwords
+from data_loader import EncodedWindow, Word, batches_by_length, collate_windows, encode_sentences, split_words
+from models import bio_constraints, entity_type
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    """All that decoding may use of a model (`models.NERModel`, `precision.OnnxNERModel`)."""
+    labels: tuple[str, ...]   # the label of each logit column
+    crf: object | None        # a torchcrf.CRF whose scores drive Viterbi decoding, or None (argmax)
+    max_subwords: int         # longest input the model takes, special tokens included
+
+    def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, C) scores, on any device (the model in eval mode)."""
 
 
 class Prediction(NamedTuple):
@@ -91,7 +107,7 @@ def seqeval_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     return {"overall": rename(report["micro avg"]), "per_type": dict(sorted(per_type.items()))}
 
 
-def entities_of(words: list, text: str, prediction: Prediction) -> list[dict]:
+def entities_of(words: list[Word], text: str, prediction: Prediction) -> list[dict]:
     """Entities of one sentence as inference writes them: word span (end exclusive), character
     span in `text` (words carry .start/.end offsets), and mean label probability."""
     found = []
@@ -112,7 +128,7 @@ def word_level_emissions(logits: torch.Tensor, word_starts: torch.Tensor) -> tor
     return logits.gather(1, index)
 
 
-def _constrained_scores(model: NERModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _constrained_scores(model: Tagger) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CRF start, transition and end scores with illegal BIO moves set to -inf."""
     allowed_start, allowed_transition = bio_constraints(list(model.labels))
     crf = model.crf
@@ -165,7 +181,7 @@ def crf_marginals(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tens
     return torch.exp(alpha + beta - log_z.view(-1, 1, 1)) * mask.unsqueeze(-1)
 
 
-def decode_emissions(model: NERModel, emissions: list[torch.Tensor]) -> list[Prediction]:
+def decode_emissions(model: Tagger, emissions: list[torch.Tensor]) -> list[Prediction]:
     """Decode whole-sentence word emissions (each (W, C), float) into BIO predictions."""
     predictions: list[Prediction | None] = [None] * len(emissions)
     nonempty = [i for i, e in enumerate(emissions) if e.size(0) > 0]
@@ -213,35 +229,63 @@ def merge_window_emissions(windows: list[tuple[int, int, torch.Tensor]], num_wor
     return merged
 
 
+@contextmanager
+def _eval_mode(model: Tagger):
+    """A torch model predicts without dropout, then goes back to the mode it was in."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
-def predict_windows(model: NERModel, windows: list[EncodedWindow], num_words: list[int],
+def predict_windows(model: Tagger, windows: list[EncodedWindow], num_words: list[int],
                     pad_id: int, batch_size: int = 64, device: torch.device | str = "cpu",
                     autocast=nullcontext) -> list[Prediction]:
     """Predict every sentence from its encoded windows (see `encode_sentences`)."""
-    was_training = model.training
-    model.eval()
     per_sentence: list[list[tuple[int, int, torch.Tensor]]] = [[] for _ in num_words]
-    for indices in batches_by_length(windows, batch_size):
-        chunk = [windows[i] for i in indices]
-        batch = collate_windows(chunk, pad_id).to(device)
-        with autocast():
-            logits = model(batch.input_ids, batch.attention_mask).logits
-        emissions = word_level_emissions(logits.float(), batch.word_starts).cpu()
-        for row, window in enumerate(chunk):
-            count = len(window.word_starts)
-            per_sentence[window.sentence_index].append(
-                (window.first_word, window.first_word + count, emissions[row, :count]))
-    model.train(was_training)
+    with _eval_mode(model):
+        for indices in batches_by_length(windows, batch_size):
+            chunk = [windows[i] for i in indices]
+            batch = collate_windows(chunk, pad_id).to(device)
+            with autocast():
+                logits = model.token_logits(batch.input_ids, batch.attention_mask)
+            emissions = word_level_emissions(logits.float(), batch.word_starts).cpu()
+            for row, window in enumerate(chunk):
+                count = len(window.word_starts)
+                per_sentence[window.sentence_index].append(
+                    (window.first_word, window.first_word + count, emissions[row, :count]))
     merged = [merge_window_emissions(parts, n) if n else torch.zeros(0, len(model.labels))
               for parts, n in zip(per_sentence, num_words)]
     return decode_emissions(model, merged)
 
 
-def predict(model: NERModel, tokenizer, sentences: list[list[str]], batch_size: int = 64,
+def predict(model: Tagger, tokenizer, sentences: list[list[str]], batch_size: int = 64,
             max_length: int | None = None, device: torch.device | str = "cpu",
             autocast=nullcontext) -> list[Prediction]:
     """BIO tags and scores for each sentence of words, long ones through overlapping windows."""
-    max_length = min(max_length or max_subwords(model), max_subwords(model))
+    max_length = min(max_length or model.max_subwords, model.max_subwords)
     windows = encode_sentences(tokenizer, sentences, max_length, overlap=max_length // 4)
     return predict_windows(model, windows, [len(s) for s in sentences], tokenizer.pad_token_id,
                            batch_size, device, autocast)
+
+
+def extract_entities(model: Tagger, tokenizer, texts: list[str], words: list[list[Word] | None] | None = None,
+                     batch_size: int = 32, max_length: int | None = None, device: torch.device | str = "cpu",
+                     autocast=nullcontext) -> list[list[dict]]:
+    """The entities of each text, as inference.py writes them (see `entities_of`).
+
+    Each text is split into words (`data_loader.split_words`) unless `words` gives them (with
+    their character offsets in the text), then predicted through overlapping windows (never
+    truncated) and decoded with the CRF when the model has one.
+    """
+    words = [split_words(text) if given is None else given
+             for text, given in zip(texts, words or [None] * len(texts))]
+    predictions = predict(model, tokenizer, [[w.text for w in ws] for ws in words], batch_size=batch_size,
+                          max_length=max_length, device=device, autocast=autocast)
+    return [entities_of(ws, text, prediction) for ws, text, prediction in zip(words, texts, predictions)]

@@ -19,14 +19,15 @@ from data_loader import read_examples, read_label2id
 from decoding import map_entity_types, predict, seqeval_scores
 from models import count_parameters, load_any_model, project_labels
 from precision import PRECISIONS, for_inference
-from utils import (DEFAULT_CONFIG, PipelineError, add_config_args, init_runtime, load_config, markdown_table,
-                   run_cli, write_json)
+from config import DEFAULT_CONFIG, add_config_args, load_config
+from utils import PipelineError, init_runtime, markdown_table, run_cli, write_json
 
 
 def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels: list[str], label_map: dict,
             batch_size: int, device, latency_sentences: int, precision: str = "fp32") -> dict:
     """Load one model and measure it: scores, parameters, words/s, p50 latency (ms)."""
     model, tokenizer = load_any_model(name, device)
+    stage, parameters = model.info.stage, count_parameters(model)
     model, autocast = for_inference(model, name, precision, device)
     type_map = {}
     if list(model.labels) != labels:
@@ -43,7 +44,7 @@ def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels
         started = time.perf_counter()
         run([sentence], 1)
         latencies.append(time.perf_counter() - started)
-    return {"model": name, "stage": model.info.stage, "precision": precision, "parameters": count_parameters(model),
+    return {"model": name, "stage": stage, "precision": precision, "parameters": parameters,
             **seqeval_scores(gold, tags),
             "words_per_s": round(sum(map(len, sentences)) / seconds, 1),
             "p50_latency_ms": round(1000 * statistics.median(latencies), 2)}

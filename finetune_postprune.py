@@ -13,11 +13,10 @@ import argparse
 import sys
 from dataclasses import replace
 
-from models import count_parameters, heads_per_layer, load_model, load_teacher, max_subwords, project_labels
-from training import (TrainSettings, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data,
-                      run_stage)
-from utils import (PipelineError, add_config_args, close_runtime, config_to_dict, init_runtime, load_config,
-                   resolve_precision, run_cli, set_seed)
+from config import add_config_args, load_config, stage_config
+from models import count_parameters, heads_per_layer, load_model, load_teacher, project_labels
+from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
+from utils import PipelineError, close_runtime, init_runtime, run_cli, set_seed
 
 
 def main(argv=None) -> int:
@@ -36,8 +35,8 @@ def main(argv=None) -> int:
     student, tokenizer = load_model(args.model)
     student.info = replace(student.info, stage="finetuned")
     label2id = {label: i for i, label in enumerate(student.labels)}
-    data = read_stage_data(config.data.train_file, config.data.val_file, config.data.test_file, label2id)
-    weights = config.finetune.weights if student.crf is not None else replace(config.finetune.weights, crf=0.0)
+    data = read_stage_data(config.data, label2id)
+    weights = stage_config(config, "finetune").distillation.weights
     teacher = projection = None
     if config.finetune.use_teacher and (weights.kd > 0 or weights.hidden > 0):
         say(f"Loading teacher {config.teacher.model_name} ...")
@@ -49,7 +48,6 @@ def main(argv=None) -> int:
         projection = project_labels(list(teacher.labels), list(student.labels), config.distillation.label_map)
         say(projection.describe())
     else:
-        weights = replace(weights, kd=0.0, hidden=0.0)
         say("Fine-tuning on gold labels only (no teacher).")
     run_dir = prepare_run_dir(args, runtime)
     set_seed(config.training.seed)
@@ -58,14 +56,9 @@ def main(argv=None) -> int:
     say(f"Student from {args.model}: heads per layer {heads_per_layer(student)}, "
         f"{count_parameters(student) / 1e6:.1f}M parameters.")
 
-    settings = TrainSettings.from_config(
-        config.training, epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
-        weights=weights, temperature=config.distillation.temperature,
-        max_length=min(config.data.max_seq_length, max_subwords(student)),
-        precision=resolve_precision(config.training.mixed_precision, runtime.device))
-    code = run_stage("finetune", student, teacher, tokenizer, data, settings, projection, run_dir, runtime,
-                     config_to_dict(config), args.resume,
-                     ["finetune_postprune.py"] + list(argv if argv is not None else sys.argv[1:]))
+    command = ["finetune_postprune.py"] + list(argv if argv is not None else sys.argv[1:])
+    stage = Stage.create("finetune", config, student, teacher, tokenizer, projection, runtime, run_dir, command)
+    code = run_stage(stage, data, resume=args.resume)
     close_runtime(runtime)
     return code
 

@@ -11,21 +11,21 @@ line). Output: one JSON line per input line, in input order:
 
 `start`/`end` are word indices (end exclusive), `start_char`/`end_char` index the text, `score`
 is the entity's mean label probability. The input is streamed in chunks, so memory stays
-bounded on any size; the output file appears only when every line has been processed.
+bounded on any size; the output file appears only when every line has been processed. The
+text -> entities step is `decoding.extract_entities`, which a server calls the same way.
 """
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
 from data_loader import Word, split_words
-from decoding import entities_of, predict
-from models import load_any_model, max_subwords
+from decoding import extract_entities
+from models import load_any_model
 from precision import PRECISIONS, for_inference
-from utils import PipelineError, init_runtime, run_cli
+from utils import PipelineError, init_runtime, publishing, run_cli
 
 CHUNK_LINES = 4096
 
@@ -116,25 +116,20 @@ def main(argv=None) -> int:
     runtime = init_runtime(args.device)
     model, tokenizer = load_any_model(args.model, runtime.device)
     model, autocast = for_inference(model, args.model, args.precision, runtime.device)
-    max_length = min(args.max_length, max_subwords(model))
 
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    try:
-        with partial.open("w", encoding="utf-8") as out, tqdm(total=count_lines(source), unit="line") as progress:
-            for chunk in read_chunks(source, CHUNK_LINES):
-                predictions = predict(model, tokenizer, [[w.text for w in line.words] for line in chunk],
-                                      batch_size=args.batch_size, max_length=max_length, device=runtime.device,
-                                      autocast=autocast)
-                for line, prediction in zip(chunk, predictions):
-                    record = {"text": line.text, "entities": entities_of(line.words, line.text, prediction)}
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += len(chunk)
-                progress.update(len(chunk))
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with publishing(target) as partial, partial.open("w", encoding="utf-8") as out, \
+            tqdm(total=count_lines(source), unit="line") as progress:
+        for chunk in read_chunks(source, CHUNK_LINES):
+            texts = [line.text for line in chunk]
+            entities = extract_entities(model, tokenizer, texts, [line.words for line in chunk],
+                                        batch_size=args.batch_size, max_length=args.max_length,
+                                        device=runtime.device, autocast=autocast)
+            for text, found in zip(texts, entities):
+                out.write(json.dumps({"text": text, "entities": found}, ensure_ascii=False) + "\n")
+            written += len(chunk)
+            progress.update(len(chunk))
     print(f"{written} lines -> {target}")
     return 0
 

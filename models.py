@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from torchcrf import CRF
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 from transformers.pytorch_utils import prune_linear_layer
 
-from utils import PipelineError
+from utils import PipelineError, publishing
 
 PIPELINE_KEY = "ner_pipeline"
 FORMAT_VERSION = 1
@@ -107,7 +106,7 @@ class LabelProjection:
 
 def project_labels(teacher_labels: list[str], student_labels: list[str],
                    label_map: dict[str, str] | None = None) -> LabelProjection:
-    """Derive the teacher -> student projection from label names (DESIGN.md section 4).
+    """Derive the teacher -> student projection from label names (README, "Data format").
 
     `label_map` overrides the name match for teacher types, e.g. {"MISC": "ORG"} or
     {"MISC": "O"}; teacher types without a student counterpart fold into O.
@@ -211,6 +210,19 @@ class NERModel(nn.Module):
                             output_hidden_states=output_hidden_states)
         return ModelOutput(out.logits, out.hidden_states if output_hidden_states else None)
 
+    def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) scores of each subword: what decoding asks of a model (`decoding.Tagger`)."""
+        return self(input_ids, attention_mask).logits
+
+    @property
+    def max_subwords(self) -> int:
+        """Longest input (special tokens included) the position embeddings allow."""
+        config = self.config
+        positions = config.max_position_embeddings
+        if config.model_type in {"roberta", "camembert", "xlm-roberta", "longformer"}:
+            positions -= config.pad_token_id + 1  # RoBERTa positions start after the padding index
+        return positions
+
 
 def _key_mask(attention_mask: torch.Tensor, config) -> torch.Tensor:
     """The padding mask as the 4D mask (B, 1, 1, T) that attention takes as it is.
@@ -243,15 +255,6 @@ def count_parameters(model: nn.Module) -> int:
 def heads_per_layer(model: NERModel) -> list[int]:
     """Number of attention heads left in each layer."""
     return [layer.attention.self.num_attention_heads for layer in encoder_layers(model)]
-
-
-def max_subwords(model: NERModel) -> int:
-    """Longest input (special tokens included) the position embeddings allow."""
-    config = model.config
-    positions = config.max_position_embeddings
-    if config.model_type in {"roberta", "camembert", "xlm-roberta", "longformer"}:
-        positions -= config.pad_token_id + 1  # RoBERTa positions start after the padding index
-    return positions
 
 
 # ---------------------------------------------------------------------------
@@ -421,30 +424,20 @@ def remove_attention_heads(model: NERModel, heads: dict[int, list[int]]) -> None
 def save_model(model: NERModel, tokenizer, out_dir: str | Path, stage: str | None = None) -> Path:
     """Write config.json, model.safetensors and tokenizer files into `out_dir`.
 
-    Files are written into a temporary folder first. A new folder is then renamed into
-    place in one step; into an existing folder (a training run's output) each file is
-    renamed, config.json last, so a crash never leaves a config without its weights.
+    Files are written into a staging folder first (`utils.publishing`). A new folder is then
+    renamed into place in one step; into an existing folder (a training run's output) each file
+    is moved, config.json last, so a crash never leaves a config without its weights.
     """
     out_dir = Path(out_dir)
     info = replace(model.info, stage=stage) if stage else model.info
-    staging = out_dir.parent / f".{out_dir.name}.saving-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        config = model.backbone.config.to_dict()
-        config[PIPELINE_KEY] = info.to_json()
+    config = model.backbone.config.to_dict()
+    config[PIPELINE_KEY] = info.to_json()
+    state = {k: v.detach().cpu().contiguous() for k, v in _saved_state(model).items()}
+    with publishing(out_dir, merge=True) as staging:
+        staging.mkdir(parents=True)
         tokenizer.save_pretrained(staging)
-        state = {k: v.detach().cpu().contiguous() for k, v in _saved_state(model).items()}
         save_file(state, staging / WEIGHTS_NAME, metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        if not out_dir.exists():
-            staging.rename(out_dir)
-            return out_dir
-        names = sorted((p.name for p in staging.iterdir()), key=lambda n: n == "config.json")
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

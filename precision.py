@@ -1,4 +1,5 @@
-"""Inference precisions: fp32, bf16 autocast, and int8 through ONNX Runtime.
+"""Precision, decided once: the training precision and its autocast (`resolve_precision`,
+`autocast_for`), and the inference precisions fp32, bf16 autocast, and int8 through ONNX Runtime.
 
 int8 exports the token classifier (pruned heads included) to ONNX with dynamic batch and
 sequence axes, quantizes its weights to int8 (ONNX Runtime dynamic quantization; the
@@ -12,18 +13,38 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from models import ModelOutput, NERModel
-from utils import PipelineError
+from models import NERModel
+from utils import PipelineError, publishing, write_json
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # of inference; training takes fp32, bf16 or fp16
 ONNX_NAME, INT8_NAME, META_NAME = "model.onnx", "model.int8.onnx", "onnx_export.json"
 OPSET = 17
+
+
+def resolve_precision(mode: str, device: torch.device) -> str:
+    """`auto` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if mode == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "fp16" and device.type != "cuda":
+        raise PipelineError("training.mixed_precision: fp16 needs a CUDA GPU; use fp32 or bf16 on CPU.")
+    return mode
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A factory of autocast contexts for the chosen precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
 
 
 def _onnxruntime():
@@ -77,31 +98,30 @@ def export_onnx(model: NERModel, folder: Path) -> tuple[Path, Path]:
     dummy = torch.full((2, 16), model.config.pad_token_id or 0, dtype=torch.long)
     dummy[:, :12] = 5
     mask = (dummy != (model.config.pad_token_id or 0)).long()
-    staging_onnx, staging_int8 = folder / f".{ONNX_NAME}.tmp", folder / f".{INT8_NAME}.tmp"
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), publishing(onnx_path) as staged_onnx, \
+            publishing(int8_path) as staged_int8:
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         # the wrapper in eval mode: the exporter restores the wrapper's mode afterwards, and a new
         # module's mode is train, which would leave the model with dropout on
-        torch.onnx.export(_Logits(model.backbone).eval(), (dummy, mask), str(staging_onnx), dynamo=False,
+        torch.onnx.export(_Logits(model.backbone).eval(), (dummy, mask), str(staged_onnx), dynamo=False,
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes={name: {0: "batch", 1: "sequence"}
                                         for name in ("input_ids", "attention_mask", "logits")},
                           opset_version=OPSET, do_constant_folding=True)
-    quiet = logging.getLogger()  # the quantizer logs advice about pre-processing at WARNING on the root logger
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(str(staging_onnx), str(staging_int8), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        quiet.setLevel(level)
-    os.replace(staging_onnx, onnx_path)
-    os.replace(staging_int8, int8_path)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # last: it vouches for the two files
+        quiet = logging.getLogger()  # the quantizer logs advice about pre-processing at WARNING on the root logger
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(staged_onnx), str(staged_int8), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            quiet.setLevel(level)
+    write_json(meta_path, meta)  # last: it vouches for the two files
     return onnx_path, int8_path
 
 
 class OnnxNERModel:
-    """An NERModel whose token classifier runs in ONNX Runtime (CPU); the CRF stays in torch."""
+    """A model for decoding (`decoding.Tagger`) whose token classifier runs in ONNX Runtime on the
+    CPU; the CRF's scores stay in torch."""
 
     def __init__(self, model: NERModel, onnx_file: Path, threads: int | None = None):
         onnxruntime = _onnxruntime()
@@ -109,42 +129,38 @@ class OnnxNERModel:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        self.model, self.training = model, False
+        self.labels, self.crf, self.max_subwords = model.labels, model.crf, model.max_subwords
         # ONNX Runtime gets the cores; torch is left with CRF decoding only, on one thread, so that
         # its idle OpenMP threads do not spin against ONNX Runtime's (measured: +20% words/s, 2 cores)
         torch.set_num_threads(1)
 
-    labels = property(lambda self: self.model.labels)
-    info = property(lambda self: self.model.info)
-    crf = property(lambda self: self.model.crf)
-    config = property(lambda self: self.model.config)
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def __call__(self, input_ids, attention_mask, output_hidden_states: bool = False) -> ModelOutput:
+    def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.session.run(["logits"], {"input_ids": input_ids.cpu().numpy(),
                                                "attention_mask": attention_mask.cpu().numpy()})[0]
-        return ModelOutput(torch.from_numpy(logits), None)
+        return torch.from_numpy(logits)
 
 
 def export_folder(name_or_path: str) -> Path:
     """Where a model's ONNX files are cached: beside it, or in the user cache for a hub id or a
-    folder we cannot write to."""
+    folder this process cannot write to (a read-only volume, another user's folder)."""
     folder = Path(name_or_path).expanduser()
-    if folder.is_dir() and os.access(folder, os.W_OK):
+    if folder.is_dir() and _can_write_in(folder):
         return folder
     return Path.home() / ".cache" / "ner_pipeline" / "onnx" / str(name_or_path).strip("/").replace("/", "--")
 
 
+def _can_write_in(folder: Path) -> bool:
+    """Try it: permission bits say nothing of read-only mounts, nor of root."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def for_inference(model: NERModel, name_or_path: str, precision: str, device: torch.device, log=print):
-    """The model and autocast factory that `decoding.predict` should use at this precision."""
+    """The model (a `decoding.Tagger`) and autocast factory that `decoding.predict` should use at
+    this precision."""
     if precision not in PRECISIONS:
         raise PipelineError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}.")
     if precision == "fp32":
@@ -153,7 +169,7 @@ def for_inference(model: NERModel, name_or_path: str, precision: str, device: to
         if device.type == "cpu" and not cpu_supports_bf16():
             log("warning: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 runs emulated and is "
                 "usually slower than fp32 here; --precision int8 is the fast CPU path.")
-        return model, lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return model, autocast_for("bf16", device)
     if device.type != "cpu":
         raise PipelineError("--precision int8 runs on the CPU (ONNX Runtime); use --device cpu, or "
                             "--precision bf16 on a GPU.")

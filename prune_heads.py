@@ -9,16 +9,16 @@ model, heads_pruned_mask.json (which heads, keep mask, importance scores) and
 pruning_summary.json (parameters and val scores before and after, time taken).
 """
 import argparse
-import shutil
 import sys
 import time
 
+from config import add_config_args, config_to_dict, load_config
 from data_loader import batches_by_length, collate_windows, encode_sentences, read_examples
-from models import count_parameters, heads_per_layer, load_model, max_subwords, remaining_heads, save_model
+from models import count_parameters, heads_per_layer, load_model, remaining_heads, save_model
+from precision import autocast_for, resolve_precision
 from pruning import plan_prune_count, prune_model
 from training import evaluate, make_eval_set
-from utils import (add_config_args, autocast_for, config_to_dict, init_runtime, load_config, package_versions,
-                   prepare_output_dir, publish_dir, resolve_precision, run_cli, write_json)
+from utils import init_runtime, package_versions, prepare_output_dir, publishing, run_cli, write_json
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     plan_prune_count(heads_per_layer(model), rate, minimum)  # an impossible rate fails before any work
     label2id = {label: i for i, label in enumerate(model.labels)}
     val_examples = read_examples(config.data.val_file, label2id)
-    max_length = min(config.data.max_seq_length, max_subwords(model))
+    max_length = min(config.data.max_seq_length, model.max_subwords)
     val_set = make_eval_set(tokenizer, val_examples, max_length)
     windows = encode_sentences(tokenizer, val_set.sentences, max_length, tags=val_set.tags, label2id=label2id)
     batches = [collate_windows([windows[i] for i in indices], tokenizer.pad_token_id)
@@ -87,15 +87,10 @@ def main(argv=None) -> int:
         "command": ["prune_heads.py"] + list(argv if argv is not None else sys.argv[1:]),
         "config": config_to_dict(config),
     }
-    staging = output.parent / f".{output.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with publishing(output) as staging:
         save_model(model, tokenizer, staging, stage="pruned")
         write_json(staging / "heads_pruned_mask.json", mask)
         write_json(staging / "pruning_summary.json", summary)
-        publish_dir(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"Removed {mask['pruned_this_run']} of {sum(heads_before)} heads: parameters "
           f"{parameters_before / 1e6:.2f}M -> {count_parameters(model) / 1e6:.2f}M, val F1 "
           f"{before['overall']['f1']:.4f} -> {after['overall']['f1']:.4f}. Written to {output}.")

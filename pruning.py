@@ -21,7 +21,8 @@ from data_loader import Batch
 from decoding import word_level_emissions
 from losses import combined_loss
 from models import NERModel, encoder_layers, heads_per_layer, remaining_heads, remove_attention_heads
-from utils import LossWeights, PipelineError
+from config import LossWeights
+from utils import PipelineError
 
 
 class HeadGates:

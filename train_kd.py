@@ -10,15 +10,12 @@ files), training_log.jsonl, training_summary.json and checkpoint/.
 """
 import argparse
 import sys
-from dataclasses import replace
 
+from config import add_config_args, load_config
 from data_loader import read_label2id
-from models import (build_student, count_parameters, load_teacher, max_subwords, project_labels,
-                    select_teacher_layers)
-from training import (TrainSettings, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data,
-                      run_stage)
-from utils import (add_config_args, close_runtime, config_to_dict, init_runtime, load_config, resolve_precision,
-                   run_cli, set_seed)
+from models import build_student, count_parameters, load_teacher, project_labels, select_teacher_layers
+from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
+from utils import close_runtime, init_runtime, run_cli, set_seed
 
 
 def main(argv=None) -> int:
@@ -32,7 +29,7 @@ def main(argv=None) -> int:
     prepare_run_dir(args, runtime, create=False)
     label2id = read_label2id(config.data.label2id_file)
     labels = sorted(label2id, key=label2id.get)
-    data = read_stage_data(config.data.train_file, config.data.val_file, config.data.test_file, label2id)
+    data = read_stage_data(config.data, label2id)
 
     say(f"Loading teacher {config.teacher.model_name} ...")
     teacher, tokenizer = load_teacher(config.teacher.model_name)
@@ -50,16 +47,9 @@ def main(argv=None) -> int:
         f"{list(student.info.teacher_layers)}, CRF {'on' if student.crf is not None else 'off'}, "
         f"{count_parameters(student) / 1e6:.1f}M parameters (teacher {count_parameters(teacher) / 1e6:.1f}M).")
 
-    weights = config.distillation.weights
-    settings = TrainSettings.from_config(
-        config.training, epochs=config.training.max_epochs, learning_rate=config.training.learning_rate,
-        weights=weights if student.crf is not None else replace(weights, crf=0.0),
-        temperature=config.distillation.temperature,
-        max_length=min(config.data.max_seq_length, max_subwords(teacher)),
-        precision=resolve_precision(config.training.mixed_precision, runtime.device))
-    code = run_stage("kd", student, teacher, tokenizer, data, settings, projection, run_dir, runtime,
-                     config_to_dict(config), args.resume,
-                     ["train_kd.py"] + list(argv if argv is not None else sys.argv[1:]))
+    command = ["train_kd.py"] + list(argv if argv is not None else sys.argv[1:])
+    stage = Stage.create("kd", config, student, teacher, tokenizer, projection, runtime, run_dir, command)
+    code = run_stage(stage, data, resume=args.resume)
     close_runtime(runtime)
     return code
 

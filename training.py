@@ -5,17 +5,20 @@ student is scored on the validation sentences (seqeval strict IOB2) and the best
 saved into the run folder. The run folder also holds `training_log.jsonl`,
 `training_summary.json` and `checkpoint/` (model + optimizer, scheduler, scaler, RNG
 states and counters), from which `--resume` continues exactly where the run stopped.
+
+A stage script builds one `Stage` (the models and the settings of this run) and calls
+`run_stage`; `train` reads as the recipe: restore or start, then `train_one_epoch` and
+`end_of_epoch` until the epochs run out, early stopping or a signal.
 """
 from __future__ import annotations
 
 import json
 import math
 import random
-import shutil
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -24,13 +27,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from config import Config, LossWeights, TrainingConfig, config_to_dict, stage_config
 from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, collate_windows, encode_sentences,
                          read_examples)
 from decoding import predict_windows, seqeval_scores, word_level_emissions
 from losses import KDMapping, TeacherTargets, combined_loss
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
-from utils import (LossWeights, PipelineError, Runtime, TrainingConfig, autocast_for, package_versions,
-                   prepare_output_dir, write_json)
+from precision import autocast_for, resolve_precision
+from utils import PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
@@ -38,35 +42,50 @@ LOG_FILE = "training_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
 
 
+# ---------------------------------------------------------------------------
+# What a run works with
+
 @dataclass(frozen=True)
-class TrainSettings:
-    """Everything the loop needs, resolved from the config by the stage script."""
-    epochs: int
-    learning_rate: float
-    weights: LossWeights
+class Stage:
+    """One training run: its models, the settings it trains with, where it runs and writes.
+
+    Built once by `Stage.create` from the validated config; the loop reads every setting from
+    `training` (stage 3's epochs and learning rate already applied) and nowhere else.
+    """
+    name: str                        # "kd" (stage 1) or "finetune" (stage 3)
+    student: NERModel
+    teacher: NERModel | None
+    tokenizer: object
+    projection: LabelProjection | None
+    training: TrainingConfig
+    weights: LossWeights             # terms that cannot apply here (no CRF, no teacher) are 0
     temperature: float
-    precision: str                      # fp32, bf16 or fp16 (already resolved)
-    max_length: int                     # subwords per window
-    batch_size: int
-    eval_batch_size: int
-    crf_learning_rate: float
-    warmup_ratio: float
-    weight_decay: float
-    grad_accumulation_steps: int
-    max_grad_norm: float
-    early_stopping_patience: int
-    log_every_steps: int
-    checkpoint_every_steps: int
-    seed: int
-    num_workers: int
+    precision: str                   # fp32, bf16 or fp16, resolved for the device
+    max_length: int                  # subwords per training window
+    runtime: Runtime
+    run_dir: Path
+    config_record: dict              # the whole config as loaded, saved with checkpoints and summary
+    command: list[str]
 
     @classmethod
-    def from_config(cls, training: TrainingConfig, **values) -> "TrainSettings":
-        shared = {k: getattr(training, k) for k in (
-            "batch_size", "eval_batch_size", "crf_learning_rate", "warmup_ratio", "weight_decay",
-            "grad_accumulation_steps", "max_grad_norm", "early_stopping_patience", "log_every_steps",
-            "checkpoint_every_steps", "seed", "num_workers")}
-        return cls(**shared, **values)
+    def create(cls, name: str, config: Config, student: NERModel, teacher: NERModel | None, tokenizer,
+               projection: LabelProjection | None, runtime: Runtime, run_dir: Path, command: list[str]) -> "Stage":
+        settings = stage_config(config, name)
+        weights = settings.distillation.weights
+        if student.crf is None:
+            weights = replace(weights, crf=0.0)
+        if teacher is None:
+            weights = replace(weights, kd=0.0, hidden=0.0)
+        return cls(name, student, teacher, tokenizer, projection, settings.training, weights,
+                   settings.distillation.temperature,
+                   resolve_precision(settings.training.mixed_precision, runtime.device),
+                   min(settings.data.max_seq_length, student.max_subwords), runtime, run_dir,
+                   config_to_dict(config), command)
+
+    @property
+    def say(self):
+        """print on the main process, nothing on the others."""
+        return print if self.runtime.is_main else (lambda *a, **k: None)
 
 
 @dataclass
@@ -81,6 +100,28 @@ def make_eval_set(tokenizer, examples: list[Example], max_length: int) -> EvalSe
     sentences = [list(e.tokens) for e in examples]
     windows = encode_sentences(tokenizer, sentences, max_length, overlap=max_length // 4)
     return EvalSet(sentences, [list(e.tags) for e in examples], windows)
+
+
+@dataclass
+class StageData:
+    """The examples a training stage reads (checked before any slow step)."""
+    train: list[Example]
+    val: list[Example]
+    test: list[Example] | None
+
+
+def read_stage_data(data, label2id: dict[str, int]) -> StageData:
+    """The train, val and test files of the config's `data` section."""
+    return StageData(read_examples(data.train_file, label2id), read_examples(data.val_file, label2id),
+                     read_examples(data.test_file, label2id) if data.test_file else None)
+
+
+@dataclass
+class EncodedData:
+    """A stage's data as the loop takes it: training windows, val and test sets."""
+    train: list[EncodedWindow]
+    val: EvalSet
+    test: EvalSet | None
 
 
 def evaluate(model: NERModel, eval_set: EvalSet, pad_id: int, batch_size: int,
@@ -116,13 +157,13 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
         signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
 
-    def request(self, reason: str = "request") -> None:
-        self.signal_name = reason
-
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
+
+# ---------------------------------------------------------------------------
+# State that survives a restart, and the parts that move it
 
 @dataclass
 class LoopState:
@@ -137,55 +178,248 @@ class LoopState:
     history: list = field(default_factory=list)
     elapsed: float = 0.0         # seconds spent before this process
     log_sums: dict = field(default_factory=dict)  # loss sums since the last log line
+    log_batches: int = 0         # micro-batches in those sums
+
+    @classmethod
+    def from_checkpoint(cls, record: dict) -> "LoopState":
+        record = dict(record, log_sums=dict(record.get("log_sums", {})))
+        # checkpoints written before log_batches existed kept the count among the sums
+        record["log_batches"] = int(record["log_sums"].pop("_batches", record.get("log_batches", 0)))
+        return cls(**record)
+
+
+class RunningLoss:
+    """Loss terms summed on the device since the last log line: read back once per log line,
+    so the GPU runs ahead of Python in between."""
+
+    def __init__(self, sums: dict[str, float], batches: int):
+        self.sums: dict[str, torch.Tensor | float] = dict(sums)
+        self.batches = batches
+        self.windows, self.clock = 0, time.time()
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], windows: int) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach()
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss.detach()
+        self.batches += 1
+        self.windows += windows
+
+    def read_and_reset(self, world_size: int) -> dict[str, float]:
+        """Mean of each term over the batches summed, and windows per second (all ranks)."""
+        record = {name: float(value) / self.batches for name, value in self.sums.items()}
+        record["samples_per_s"] = self.windows * world_size / max(time.time() - self.clock, 1e-9)
+        self.sums, self.batches, self.windows, self.clock = {}, 0, 0, time.time()
+        return record
+
+    def saved(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.sums.items()}
+
+
+class Optimization:
+    """AdamW, its linear warm-up/decay schedule and the fp16 loss scaler, stepped together.
+
+    No weight decay on biases and LayerNorm; the CRF at its own learning rate.
+    """
+
+    def __init__(self, student: NERModel, training: TrainingConfig, total_steps: int, precision: str, device):
+        decay, no_decay, crf = [], [], []
+        for name, parameter in student.named_parameters():
+            (crf if name.startswith("crf.") else no_decay if parameter.ndim == 1 else decay).append(parameter)
+        groups = [{"params": decay, "weight_decay": training.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if crf:
+            groups.append({"params": crf, "weight_decay": 0.0, "lr": training.crf_learning_rate})
+        self.optimizer = torch.optim.AdamW(groups, lr=training.learning_rate)
+        warmup = int(total_steps * training.warmup_ratio)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.parameters, self.max_grad_norm = list(student.parameters()), training.max_grad_norm
+
+    def backward(self, loss: torch.Tensor, accumulation_steps: int) -> None:
+        self.scaler.scale(loss / accumulation_steps).backward()
+
+    def step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    @property
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
 @dataclass
-class TrainResult:
-    state: LoopState
-    stopped_by: str | None       # a signal name when interrupted
-    early_stopped: bool
-    test_scores: dict | None
-    wall_time: float
+class Loop:
+    """The moving parts of a run, built once: the model being stepped, batches, optimizer."""
+    model: torch.nn.Module           # the student, or its DDP wrapper
+    sampler: LengthGroupedBatchSampler
+    loader: DataLoader
+    batches_per_epoch: int
+    optim: Optimization
+    mapping: KDMapping | None
+    autocast: object                 # a factory of autocast contexts
+    stop_group: object               # the gloo group that agrees on stopping (DDP)
+    pending_rng: dict | None = None  # RNG states of a resumed run, restored as its first batch is drawn
+
+    @classmethod
+    def create(cls, stage: Stage, windows: list[EncodedWindow]) -> "Loop":
+        runtime, training, device = stage.runtime, stage.training, stage.runtime.device
+        stage.student.to(device).train()
+        if stage.teacher is not None:
+            stage.teacher.to(device).eval()
+        mapping = None
+        if stage.teacher is not None and stage.weights.kd > 0:
+            mapping = KDMapping.from_projection(stage.projection).to(device)
+        model = stage.student
+        if runtime.distributed:
+            unused = stage.student.crf is not None and stage.weights.crf == 0
+            model = DistributedDataParallel(stage.student, device_ids=[device.index] if device.type == "cuda" else None,
+                                            find_unused_parameters=unused)
+        stop_group = torch.distributed.new_group(backend="gloo") if runtime.distributed else None
+        sampler = LengthGroupedBatchSampler([len(w.input_ids) for w in windows], training.batch_size,
+                                            training.seed, num_replicas=runtime.world_size, rank=runtime.rank)
+        # a private generator: creating the loader must not consume the global RNG (resume equivalence)
+        loader = DataLoader(windows, batch_sampler=sampler, num_workers=training.num_workers,
+                            collate_fn=partial(collate_windows, pad_id=stage.tokenizer.pad_token_id),
+                            generator=torch.Generator().manual_seed(training.seed),
+                            pin_memory=device.type == "cuda")
+        batches_per_epoch = len(sampler)
+        total_steps = math.ceil(batches_per_epoch / training.grad_accumulation_steps) * training.max_epochs
+        optim = Optimization(stage.student, training, total_steps, stage.precision, device)
+        return cls(model, sampler, loader, batches_per_epoch, optim, mapping,
+                   autocast_for(stage.precision, device), stop_group)
 
 
-def _optimizer(model: NERModel, settings: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and LayerNorm; the CRF at its own learning rate."""
-    decay, no_decay, crf = [], [], []
-    for name, parameter in model.named_parameters():
-        if name.startswith("crf."):
-            crf.append(parameter)
-        elif parameter.ndim == 1:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if crf:
-        groups.append({"params": crf, "weight_decay": 0.0, "lr": settings.crf_learning_rate})
-    return torch.optim.AdamW(groups, lr=settings.learning_rate)
+# ---------------------------------------------------------------------------
+# The loop
+
+def train(stage: Stage, data: EncodedData, stop: StopFlag, resume: bool = False) -> TrainResult:
+    """Train the student (distilling from the teacher, if any) and keep the best model in the run folder."""
+    started = time.time()
+    loop = Loop.create(stage, data.train)
+    state = restore(stage, loop) if resume else start(stage, loop, data.val)
+    running = RunningLoss(state.log_sums, state.log_batches)
+    stopped_by, early_stopped = None, 0 < stage.training.early_stopping_patience <= state.bad_epochs
+    while state.epoch < stage.training.max_epochs and not early_stopped:
+        stopped_by = train_one_epoch(stage, loop, state, running, stop)
+        if stopped_by:
+            break
+        early_stopped = end_of_epoch(stage, loop, state, running, data.val)
+    state.elapsed += time.time() - started
+    if stage.runtime.distributed:
+        torch.distributed.barrier()  # rank 0 has finished writing the best model
+    test_scores = None
+    if stage.runtime.is_main and stopped_by is None and data.test is not None and state.best_epoch > 0:
+        best, _ = load_model(stage.run_dir, stage.runtime.device)
+        test_scores = evaluate(best, data.test, stage.tokenizer.pad_token_id, stage.training.eval_batch_size,
+                               stage.runtime.device, loop.autocast)
+    return TrainResult(state, stopped_by, early_stopped, test_scores, state.elapsed)
 
 
-def _linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
-    warmup = int(total_steps * warmup_ratio)
+def start(stage: Stage, loop: Loop, val_set: EvalSet) -> LoopState:
+    """A fresh run: an empty log, and the untrained student's val scores as the starting point."""
+    if stage.runtime.is_main:
+        (stage.run_dir / LOG_FILE).write_text("")
+    state = LoopState()
+    initial = evaluate(stage.student, val_set, stage.tokenizer.pad_token_id, stage.training.eval_batch_size,
+                       stage.runtime.device, loop.autocast)
+    state.history.append({"epoch": 0, "step": 0, "val": initial})
+    return state
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def restore(stage: Stage, loop: Loop) -> LoopState:
+    """Continue from the run's last checkpoint: optimizer, counters, RNG states, log lines up to it."""
+    checkpoint = torch.load(find_checkpoint(stage.run_dir) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    loop.optim.load_state_dict(checkpoint)
+    state, loop.pending_rng = LoopState.from_checkpoint(checkpoint["state"]), checkpoint["rng"]
+    changes = _describe_config_changes(checkpoint.get("config", {}), stage.config_record)
+    stage.say(f"Resuming from epoch {state.epoch + 1}, step {state.global_step} "
+              f"(best val F1 so far {max(state.best_f1, 0):.4f}).")
+    if changes:
+        stage.say("The config differs from the interrupted run's (results will not match an "
+                  "uninterrupted run exactly):\n  " + "\n  ".join(changes))
+    log_path = stage.run_dir / LOG_FILE
+    if stage.runtime.is_main and log_path.exists():  # drop lines logged after the checkpoint
+        lines = [l for l in log_path.read_text().splitlines() if l.strip()
+                 and json.loads(l).get("step", 0) <= state.global_step]
+        log_path.write_text("".join(l + "\n" for l in lines))
+    return state
 
 
-def _teacher_targets(teacher: NERModel | None, batch, weights: LossWeights,
-                     teacher_layers: tuple[int, ...], autocast) -> TeacherTargets | None:
-    if teacher is None or (weights.kd == 0 and weights.hidden == 0):
-        return None
-    with torch.inference_mode(), autocast():
-        out = teacher(batch.input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
-        emissions = word_level_emissions(out.logits, batch.word_starts) if weights.kd > 0 else None
-        hidden = [out.hidden_states[l + 1] for l in teacher_layers] if weights.hidden > 0 else None
-    # inference tensors cannot be saved for backward: clone them into normal tensors
-    return TeacherTargets(None if emissions is None else emissions.float().clone(),
-                          None if hidden is None else [h.clone() for h in hidden])
+def train_one_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss, stop: StopFlag) -> str | None:
+    """The epoch's remaining batches; returns what stopped it early (a signal name), else None."""
+    training = stage.training
+    loop.sampler.set_epoch(state.epoch, skip_batches=state.batches_done)
+    if loop.pending_rng is not None:
+        _restore_rng(loop.pending_rng)
+        loop.pending_rng = None
+    progress = tqdm(loop.loader, total=loop.batches_per_epoch, initial=state.batches_done,
+                    disable=not stage.runtime.is_main, desc=f"epoch {state.epoch + 1}/{training.max_epochs}",
+                    dynamic_ncols=True)
+    with progress:
+        for batch in progress:
+            batch = batch.to(stage.runtime.device)
+            boundary = ((state.batches_done + 1) % training.grad_accumulation_steps == 0
+                        or state.batches_done + 1 == loop.batches_per_epoch)
+            loss, terms = _forward_backward(stage, loop, state, batch, boundary)
+            running.add(loss, terms, batch.input_ids.size(0))
+            state.batches_done += 1
+            if not boundary:
+                continue
+            state.global_step += 1
+            if state.global_step % training.log_every_steps == 0:
+                record = _write_log_line(stage, state, running, loop.optim.learning_rate)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            if _sync_stop(stop.requested, stage.runtime, loop.stop_group):
+                save_checkpoint(stage, loop, state, running)
+                return stop.signal_name or "a stop on another rank"
+            if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:
+                save_checkpoint(stage, loop, state, running)
+    return None
+
+
+def end_of_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss, val_set: EvalSet) -> bool:
+    """Score the epoch on val, keep the model if it is the best so far, checkpoint; True = stop early."""
+    scores = evaluate(stage.student, val_set, stage.tokenizer.pad_token_id, stage.training.eval_batch_size,
+                      stage.runtime.device, loop.autocast)
+    overall = scores["overall"]
+    improved = overall["f1"] > state.best_f1
+    state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "val": scores})
+    if improved:
+        state.best_f1, state.best_epoch, state.best_scores, state.bad_epochs = (
+            overall["f1"], state.epoch + 1, scores, 0)
+        if stage.runtime.is_main:
+            save_model(stage.student, stage.tokenizer, stage.run_dir)
+    else:
+        state.bad_epochs += 1
+    stage.say(f"epoch {state.epoch + 1}: val P {overall['precision']:.4f} R {overall['recall']:.4f} "
+              f"F1 {overall['f1']:.4f}"
+              + ("  (best, saved)" if improved else f"  (best {state.best_f1:.4f} at epoch {state.best_epoch})"))
+    state.epoch, state.batches_done = state.epoch + 1, 0
+    patience = stage.training.early_stopping_patience
+    early_stopped = 0 < patience <= state.bad_epochs and state.epoch < stage.training.max_epochs
+    save_checkpoint(stage, loop, state, running)
+    if early_stopped:
+        stage.say(f"Early stopping: no val F1 improvement for {state.bad_epochs} epochs.")
+    return early_stopped
 
 
 def step_loss(model, student: NERModel, teacher: NERModel | None, batch, weights: LossWeights, temperature: float,
@@ -204,6 +438,67 @@ def step_loss(model, student: NERModel, teacher: NERModel | None, batch, weights
                              student.crf, weights, mapping, temperature)
 
 
+def _teacher_targets(teacher: NERModel | None, batch, weights: LossWeights,
+                     teacher_layers: tuple[int, ...], autocast) -> TeacherTargets | None:
+    if teacher is None or (weights.kd == 0 and weights.hidden == 0):
+        return None
+    with torch.inference_mode(), autocast():
+        out = teacher(batch.input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
+        emissions = word_level_emissions(out.logits, batch.word_starts) if weights.kd > 0 else None
+        hidden = [out.hidden_states[l + 1] for l in teacher_layers] if weights.hidden > 0 else None
+    # inference tensors cannot be saved for backward: clone them into normal tensors
+    return TeacherTargets(None if emissions is None else emissions.float().clone(),
+                          None if hidden is None else [h.clone() for h in hidden])
+
+
+def _forward_backward(stage: Stage, loop: Loop, state: LoopState, batch, boundary: bool):
+    """Loss and gradients of one micro-batch; an optimizer step at an accumulation boundary."""
+    # DDP averages gradients across ranks only at the boundary
+    sync = loop.model.no_sync() if stage.runtime.distributed and not boundary else nullcontext()
+    try:
+        with sync:
+            loss, terms = step_loss(loop.model, stage.student, stage.teacher, batch, stage.weights,
+                                    stage.temperature, loop.mapping, loop.autocast)
+            loop.optim.backward(loss, stage.training.grad_accumulation_steps)
+        if boundary:
+            loop.optim.step()
+    except torch.cuda.OutOfMemoryError as error:
+        raise PipelineError(_oom_message(stage, state, batch)) from error
+    return loss, terms
+
+
+def _write_log_line(stage: Stage, state: LoopState, running: RunningLoss, learning_rate: float) -> dict:
+    record = {"epoch": state.epoch + 1, "step": state.global_step, "lr": learning_rate}
+    record.update(running.read_and_reset(stage.runtime.world_size))  # the one device sync per log line
+    if stage.runtime.is_main:
+        with (stage.run_dir / LOG_FILE).open("a") as log:
+            log.write(json.dumps(record) + "\n")
+    return record
+
+
+def _sync_stop(flag: bool, runtime: Runtime, group) -> bool:
+    """Every rank must stop at the same step: any rank's signal stops all."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([1 if flag else 0])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
+def _oom_message(stage: Stage, state: LoopState, batch) -> str:
+    size, length = batch.input_ids.shape
+    return (f"CUDA out of memory at epoch {state.epoch + 1}, step {state.global_step}, on a batch of "
+            f"{size} windows x {length} subwords (training.batch_size={stage.training.batch_size}, "
+            f"data.max_seq_length={stage.max_length}, precision {stage.precision}). Lower "
+            "training.batch_size (raise training.grad_accumulation_steps to keep the effective batch), "
+            "lower data.max_seq_length, or set training.mixed_precision to bf16 (or fp16). "
+            f"Checkpoints already in {stage.run_dir / CHECKPOINT_DIR} are kept: after changing the config, "
+            "rerun with --resume to continue from the last one.")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -218,30 +513,22 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(model: NERModel, tokenizer, optimizer, scheduler, scaler, state: LoopState,
-                    run_dir: Path, config_record: dict) -> Path:
-    """Write checkpoint/ as a whole: staged, then swapped in, so a crash keeps the last one."""
-    target, staging, old = (run_dir / CHECKPOINT_DIR, run_dir / f"{CHECKPOINT_DIR}.saving",
-                            run_dir / f"{CHECKPOINT_DIR}.old")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_model(model, tokenizer, staging)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "state": asdict(state),
-                "config": config_record}, staging / TRAINER_STATE)
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+def save_checkpoint(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss) -> None:
+    """Write checkpoint/ as a whole (main process only): staged, then swapped in, so a crash keeps the last one."""
+    if not stage.runtime.is_main:
+        return
+    saved = replace(state, log_sums=running.saved(), log_batches=running.batches)
+    with publishing(stage.run_dir / CHECKPOINT_DIR) as staging:
+        save_model(stage.student, stage.tokenizer, staging)
+        torch.save({**loop.optim.state_dict(), "rng": _rng_state(), "state": asdict(saved),
+                    "config": stage.config_record}, staging / TRAINER_STATE)
 
 
 def find_checkpoint(run_dir: Path) -> Path:
     """The run's last complete checkpoint (also after a crash in the middle of a swap)."""
-    for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"):
-        candidate = run_dir / name
-        if (candidate / TRAINER_STATE).is_file():
-            return candidate
+    candidate = find_published(run_dir / CHECKPOINT_DIR)
+    if candidate is not None and (candidate / TRAINER_STATE).is_file():
+        return candidate
     raise PipelineError(f"--resume: no checkpoint in {run_dir} (expected {run_dir / CHECKPOINT_DIR}/"
                         f"{TRAINER_STATE}). Start the run again without --resume.")
 
@@ -262,184 +549,17 @@ def _describe_config_changes(saved: dict, current: dict, prefix: str = "") -> li
     return changes
 
 
-def _sync_stop(flag: bool, runtime: Runtime, group) -> bool:
-    """Every rank must stop at the same step: any rank's signal stops all."""
-    if not runtime.distributed:
-        return flag
-    value = torch.tensor([1 if flag else 0])
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=group)
-    return bool(value.item())
-
-
-def _oom_message(batch, settings: TrainSettings, run_dir: Path, state: LoopState) -> str:
-    size, length = batch.input_ids.shape
-    return (f"CUDA out of memory at epoch {state.epoch + 1}, step {state.global_step}, on a batch of "
-            f"{size} windows x {length} subwords (training.batch_size={settings.batch_size}, "
-            f"data.max_seq_length={settings.max_length}, precision {settings.precision}). Lower "
-            "training.batch_size (raise training.grad_accumulation_steps to keep the effective batch), "
-            "lower data.max_seq_length, or set training.mixed_precision to bf16 (or fp16). "
-            f"Checkpoints already in {run_dir / CHECKPOINT_DIR} are kept: after changing the config, "
-            "rerun with --resume to continue from the last one.")
-
-
-def train(student: NERModel, teacher: NERModel | None, tokenizer, train_windows: list[EncodedWindow],
-          val_set: EvalSet, test_set: EvalSet | None, settings: TrainSettings, run_dir: Path,
-          runtime: Runtime, stop: StopFlag, config_record: dict, kd_mapping: KDMapping | None = None,
-          resume: bool = False) -> TrainResult:
-    """Train `student` (optionally distilling from `teacher`) and keep the best model in run_dir."""
-    started = time.time()
-    device, main = runtime.device, runtime.is_main
-    autocast = autocast_for(settings.precision, device)
-    student.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
-    mapping = kd_mapping.to(device) if kd_mapping is not None else None
-    model = student
-    if runtime.distributed:
-        unused = student.crf is not None and settings.weights.crf == 0
-        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=unused)
-    stop_group = torch.distributed.new_group(backend="gloo") if runtime.distributed else None
-
-    sampler = LengthGroupedBatchSampler([len(w.input_ids) for w in train_windows], settings.batch_size,
-                                        settings.seed, num_replicas=runtime.world_size, rank=runtime.rank)
-    # a private generator: creating the loader must not consume the global RNG (resume equivalence)
-    loader = DataLoader(train_windows, batch_sampler=sampler, num_workers=settings.num_workers,
-                        collate_fn=partial(collate_windows, pad_id=tokenizer.pad_token_id),
-                        generator=torch.Generator().manual_seed(settings.seed),
-                        pin_memory=device.type == "cuda")
-    batches_per_epoch = len(sampler)
-    steps_per_epoch = math.ceil(batches_per_epoch / settings.grad_accumulation_steps)
-    optimizer = _optimizer(student, settings)
-    scheduler = _linear_schedule(optimizer, steps_per_epoch * settings.epochs, settings.warmup_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-    state, rng_to_restore = LoopState(), None
-    log_path = run_dir / LOG_FILE
-    if resume:
-        checkpoint = torch.load(find_checkpoint(run_dir) / TRAINER_STATE, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state, rng_to_restore = LoopState(**checkpoint["state"]), checkpoint["rng"]
-        changes = _describe_config_changes(checkpoint.get("config", {}), config_record)
-        if main:
-            print(f"Resuming from epoch {state.epoch + 1}, step {state.global_step} "
-                  f"(best val F1 so far {max(state.best_f1, 0):.4f}).")
-            if changes:
-                print("The config differs from the interrupted run's (results will not match an "
-                      "uninterrupted run exactly):\n  " + "\n  ".join(changes))
-            if log_path.exists():  # drop lines logged after the checkpoint
-                lines = [l for l in log_path.read_text().splitlines() if l.strip()
-                         and json.loads(l).get("step", 0) <= state.global_step]
-                log_path.write_text("".join(l + "\n" for l in lines))
-    else:
-        if main:
-            log_path.write_text("")
-        # the starting point, so the summary shows what training gained
-        initial = evaluate(student, val_set, tokenizer.pad_token_id, settings.eval_batch_size, device, autocast)
-        state.history.append({"epoch": 0, "step": 0, "val": initial})
-
-    running: dict[str, torch.Tensor | float] = dict(state.log_sums)
-    window_count, window_clock = 0, time.time()
-    stopped_by, early_stopped = None, 0 < settings.early_stopping_patience <= state.bad_epochs
-
-    def checkpoint_now():
-        state.log_sums = {name: float(value) for name, value in running.items()}
-        if main:
-            save_checkpoint(student, tokenizer, optimizer, scheduler, scaler, state, run_dir, config_record)
-
-    while state.epoch < settings.epochs and not early_stopped:
-        sampler.set_epoch(state.epoch, skip_batches=state.batches_done)
-        if rng_to_restore is not None:
-            _restore_rng(rng_to_restore)
-            rng_to_restore = None
-        progress = tqdm(loader, total=batches_per_epoch, initial=state.batches_done, disable=not main,
-                        desc=f"epoch {state.epoch + 1}/{settings.epochs}", dynamic_ncols=True)
-        for batch in progress:
-            batch = batch.to(device)
-            boundary = ((state.batches_done + 1) % settings.grad_accumulation_steps == 0
-                        or state.batches_done + 1 == batches_per_epoch)
-            sync = model.no_sync() if runtime.distributed and not boundary else nullcontext()
-            try:
-                with sync:
-                    loss, terms = step_loss(model, student, teacher, batch, settings.weights, settings.temperature,
-                                            mapping, autocast)
-                    scaler.scale(loss / settings.grad_accumulation_steps).backward()
-                if boundary:
-                    scaler.unscale_(optimizer)
-                    if settings.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-            except torch.cuda.OutOfMemoryError as error:
-                raise PipelineError(_oom_message(batch, settings, run_dir, state)) from error
-            for name, value in terms.items():
-                running[name] = running.get(name, 0.0) + value.detach()
-            running["loss"] = running.get("loss", 0.0) + loss.detach()
-            running["_batches"] = running.get("_batches", 0) + 1
-            window_count += batch.input_ids.size(0)
-            state.batches_done += 1
-            if not boundary:
-                continue
-            state.global_step += 1
-            if state.global_step % settings.log_every_steps == 0:
-                record = _log_record(running, state, scheduler, window_count * runtime.world_size,
-                                     time.time() - window_clock)
-                running, window_count, window_clock = {}, 0, time.time()
-                if main:
-                    with log_path.open("a") as log:
-                        log.write(json.dumps(record) + "\n")
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            if _sync_stop(stop.requested, runtime, stop_group):
-                checkpoint_now()
-                stopped_by = stop.signal_name or "a stop on another rank"
-                break
-            if settings.checkpoint_every_steps and state.global_step % settings.checkpoint_every_steps == 0:
-                checkpoint_now()
-        progress.close()
-        if stopped_by:
-            break
-        scores = evaluate(student, val_set, tokenizer.pad_token_id, settings.eval_batch_size, device, autocast)
-        improved = scores["overall"]["f1"] > state.best_f1
-        state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "val": scores})
-        if improved:
-            state.best_f1, state.best_epoch, state.best_scores, state.bad_epochs = (
-                scores["overall"]["f1"], state.epoch + 1, scores, 0)
-            if main:
-                save_model(student, tokenizer, run_dir)
-        else:
-            state.bad_epochs += 1
-        if main:
-            print(f"epoch {state.epoch + 1}: val P {scores['overall']['precision']:.4f} "
-                  f"R {scores['overall']['recall']:.4f} F1 {scores['overall']['f1']:.4f}"
-                  + ("  (best, saved)" if improved else f"  (best {state.best_f1:.4f} at epoch {state.best_epoch})"))
-        state.epoch, state.batches_done = state.epoch + 1, 0
-        early_stopped = 0 < settings.early_stopping_patience <= state.bad_epochs and state.epoch < settings.epochs
-        checkpoint_now()
-        if early_stopped and main:
-            print(f"Early stopping: no val F1 improvement for {state.bad_epochs} epochs.")
-    state.elapsed += time.time() - started
-    test_scores = None
-    if runtime.distributed:
-        torch.distributed.barrier()  # rank 0 has finished writing the best model
-    if main and stopped_by is None and test_set is not None and state.best_epoch > 0:
-        best, _ = load_model(run_dir, device)
-        test_scores = evaluate(best, test_set, tokenizer.pad_token_id, settings.eval_batch_size, device, autocast)
-    return TrainResult(state, stopped_by, early_stopped, test_scores, state.elapsed)
-
-
-def _log_record(running: dict, state: LoopState, scheduler, windows: int, seconds: float) -> dict:
-    batches = running.pop("_batches")
-    record = {"epoch": state.epoch + 1, "step": state.global_step, "lr": scheduler.get_last_lr()[0]}
-    record.update({name: float(value) / batches for name, value in running.items()})  # one sync per log
-    record["samples_per_s"] = windows / max(seconds, 1e-9)
-    return record
-
-
 # ---------------------------------------------------------------------------
 # What train_kd.py and finetune_postprune.py share around the loop
+
+@dataclass
+class TrainResult:
+    state: LoopState
+    stopped_by: str | None       # a signal name when interrupted
+    early_stopped: bool
+    test_scores: dict | None
+    wall_time: float
+
 
 def add_run_args(parser, default_output: str) -> None:
     """--output, --resume, --overwrite and --device, as every training stage takes them."""
@@ -466,59 +586,45 @@ def prepare_run_dir(args, runtime: Runtime, create: bool = True) -> Path:
     return Path(args.output)
 
 
-@dataclass
-class StageData:
-    """The examples a training stage reads (checked before any slow step)."""
-    train: list[Example]
-    val: list[Example]
-    test: list[Example] | None
-
-
-def read_stage_data(train_file: str, val_file: str, test_file: str | None, label2id: dict[str, int]) -> StageData:
-    return StageData(read_examples(train_file, label2id), read_examples(val_file, label2id),
-                     read_examples(test_file, label2id) if test_file else None)
-
-
-def run_stage(stage: str, student: NERModel, teacher: NERModel | None, tokenizer, data: StageData,
-              settings: TrainSettings, projection: LabelProjection | None, run_dir: Path, runtime: Runtime,
-              config_record: dict, resume: bool, argv: list[str]) -> int:
+def run_stage(stage: Stage, data: StageData, resume: bool) -> int:
     """Encode the data, train, and write the summary: the part train_kd.py and
     finetune_postprune.py share. Returns the exit code."""
-    say = print if runtime.is_main else (lambda *a, **k: None)
+    student, tokenizer, max_length = stage.student, stage.tokenizer, stage.max_length
     label2id = {label: i for i, label in enumerate(student.labels)}
-    train_windows = encode_sentences(tokenizer, [list(e.tokens) for e in data.train], settings.max_length,
-                                     tags=[list(e.tags) for e in data.train], label2id=label2id)
-    val_set = make_eval_set(tokenizer, data.val, settings.max_length)
-    test_set = make_eval_set(tokenizer, data.test, settings.max_length) if data.test else None
-    say(f"{len(data.train)} train sentences ({len(train_windows)} windows), {len(data.val)} val; device "
-        f"{runtime.device} x{runtime.world_size}, precision {settings.precision}; loss weights "
-        + ", ".join(f"{k} {v}" for k, v in asdict(settings.weights).items() if v) + ".")
-    summary = {"stage": stage,
+    encoded = EncodedData(
+        encode_sentences(tokenizer, [list(e.tokens) for e in data.train], max_length,
+                         tags=[list(e.tags) for e in data.train], label2id=label2id),
+        make_eval_set(tokenizer, data.val, max_length),
+        make_eval_set(tokenizer, data.test, max_length) if data.test else None)
+    runtime = stage.runtime
+    stage.say(f"{len(data.train)} train sentences ({len(encoded.train)} windows), {len(data.val)} val; device "
+              f"{runtime.device} x{runtime.world_size}, precision {stage.precision}; loss weights "
+              + ", ".join(f"{k} {v}" for k, v in asdict(stage.weights).items() if v) + ".")
+    summary = {"stage": stage.name,
                "parameters": {"student": count_parameters(student)}, "heads_per_layer": heads_per_layer(student),
-               "precision": settings.precision, "device": str(runtime.device), "world_size": runtime.world_size,
-               "package_versions": package_versions(), "command": argv, "config": config_record}
-    if teacher is not None:
-        summary["teacher"] = teacher.info.teacher
-        summary["parameters"]["teacher"] = count_parameters(teacher)
-        summary["label_projection"] = projection.describe()
-    mapping = KDMapping.from_projection(projection) if teacher is not None and settings.weights.kd > 0 else None
+               "precision": stage.precision, "device": str(runtime.device), "world_size": runtime.world_size,
+               "package_versions": package_versions(), "command": stage.command, "config": stage.config_record}
+    if stage.teacher is not None:
+        summary["teacher"] = stage.teacher.info.teacher
+        summary["parameters"]["teacher"] = count_parameters(stage.teacher)
+        summary["label_projection"] = stage.projection.describe()
     with StopFlag() as stop:
-        result = train(student, teacher, tokenizer, train_windows, val_set, test_set, settings, run_dir,
-                       runtime, stop, config_record, kd_mapping=mapping, resume=resume)
-    return finish_run(result, run_dir, summary, runtime, argv)
+        result = train(stage, encoded, stop, resume=resume)
+    return finish_run(stage, result, summary)
 
 
-def finish_run(result: TrainResult, run_dir: Path, summary: dict, runtime: Runtime, argv: list[str]) -> int:
+def finish_run(stage: Stage, result: TrainResult, summary: dict) -> int:
     """Write training_summary.json, or after a signal say how to resume; return the exit code."""
-    if not runtime.is_main:
+    if not stage.runtime.is_main:
         return 0
+    run_dir, state = stage.run_dir, result.state
     if result.stopped_by is not None:
-        command = " ".join(["python"] + [a for a in argv if a not in ("--overwrite", "--resume")] + ["--resume"])
-        print(f"\nStopped by {result.stopped_by} at epoch {result.state.epoch + 1}, step "
-              f"{result.state.global_step}. Checkpoint saved in {run_dir / CHECKPOINT_DIR}.\n"
+        command = " ".join(["python"] + [a for a in stage.command if a not in ("--overwrite", "--resume")]
+                           + ["--resume"])
+        print(f"\nStopped by {result.stopped_by} at epoch {state.epoch + 1}, step "
+              f"{state.global_step}. Checkpoint saved in {run_dir / CHECKPOINT_DIR}.\n"
               f"Resume with:\n  {command}")
         return 143 if result.stopped_by == "SIGTERM" else 130
-    state = result.state
     summary.update({
         "best_epoch": state.best_epoch,
         "val": state.best_scores,

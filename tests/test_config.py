@@ -1,4 +1,4 @@
-"""Tests for the config system in utils.py: every mistake must raise a ConfigError whose
+"""Tests for the config system in config.py: every mistake must raise a ConfigError whose
 message names where it came from and the key path. Run: python -m pytest tests/test_config.py -q"""
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from utils import Config, ConfigError, LossWeights, add_config_args, config_to_dict, load_config
+from config import Config, ConfigError, LossWeights, add_config_args, config_to_dict, load_config
 
 MAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kd_camembert.yaml"
 

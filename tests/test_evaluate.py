@@ -45,7 +45,7 @@ def test_report_for_teacher_and_student_agrees_with_inference(tmp_path, european
 
 def test_a_named_config_that_does_not_exist_is_an_error(europeana, stage1_artifact, tmp_path):
     import pytest
-    from utils import ConfigError
+    from config import ConfigError
     with pytest.raises(ConfigError, match="typo.yaml"):
         evaluate.main(["--model", str(stage1_artifact), "--data", str(europeana / "val.jsonl"),
                        "--config", str(tmp_path / "typo.yaml")])

@@ -110,12 +110,12 @@ def test_input_is_streamed_in_chunks(tmp_path, stage1_artifact, monkeypatch):
     source = tmp_path / "many.txt"
     source.write_text("".join(f"Ligne {i} à Paris .\n" for i in range(50)))
     seen = []
-    real_predict = inference.predict
+    real_extract = inference.extract_entities
 
-    def counting_predict(model, tokenizer, sentences, **kwargs):
-        seen.append(len(sentences))
-        return real_predict(model, tokenizer, sentences, **kwargs)
-    monkeypatch.setattr(inference, "predict", counting_predict)
+    def counting_extract(model, tokenizer, texts, *args, **kwargs):
+        seen.append(len(texts))
+        return real_extract(model, tokenizer, texts, *args, **kwargs)
+    monkeypatch.setattr(inference, "extract_entities", counting_extract)
     monkeypatch.setattr(inference, "CHUNK_LINES", 8)
     out = tmp_path / "out.jsonl"
     assert inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out)]) == 0

@@ -10,7 +10,7 @@ from torchcrf import CRF
 from losses import (KDMapping, TeacherTargets, combined_loss, crf_nll, cross_entropy,
                     hidden_state_loss, kd_loss)
 from models import project_labels
-from utils import LossWeights
+from config import LossWeights
 
 BIO = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 TEACHER_IO = ("O", "I-LOC", "I-PER", "I-MISC", "I-ORG")  # the real teacher's label shape

@@ -180,7 +180,7 @@ def test_a_training_step_never_waits_for_the_device(io_teacher, europeana):
     from data_loader import collate_windows, encode_sentences, read_examples
     from losses import KDMapping
     from models import build_student, load_teacher, project_labels
-    from utils import LossWeights
+    from config import LossWeights
     teacher, tokenizer = load_teacher(str(io_teacher))
     projection = project_labels(list(teacher.labels), list(BIO_LABELS))
     student = build_student(teacher, [0, 2, 3], list(BIO_LABELS), projection, use_crf=True).train()

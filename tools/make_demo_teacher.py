@@ -11,7 +11,6 @@ Tests build their tiny teachers with the same functions.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from data_loader import collate_windows, encode_sentences, read_examples  # noqa
 from decoding import word_level_emissions  # noqa: E402
 from losses import cross_entropy  # noqa: E402
 from models import entity_type  # noqa: E402
-from utils import PipelineError, run_cli, set_seed  # noqa: E402
+from utils import PipelineError, publishing, run_cli, set_seed  # noqa: E402
 
 # The real teacher's labels (Jean-Baptiste/camembert-ner), in its id order.
 TEACHER_LABELS = ("O", "I-LOC", "I-PER", "I-MISC", "I-ORG")
@@ -46,7 +45,7 @@ def train_tokenizer(sentences: list[list[str]], out_dir: Path, vocab_size: int =
             model_prefix=str(Path(scratch) / "sentencepiece.bpe"), vocab_size=vocab_size,
             model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
             bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2)
-        # transformers loads the CamemBERT tokenizer from a file of this name (DESIGN.md section 2)
+        # transformers 5 loads a CamemBERT tokenizer from a file of this name (and refuses a BPE model)
         tokenizer = CamembertTokenizer.from_pretrained(scratch)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -109,14 +108,12 @@ def make_teacher(sentences: list[list[str]], tags: list[list[str]], out_dir: Pat
     is_io = not any(label.startswith("B-") for label in labels)
     set_seed(seed)
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.building")
-    shutil.rmtree(staging, ignore_errors=True)
-    tokenizer = train_tokenizer(sentences, staging, vocab_size)
-    model = build_teacher(tokenizer, labels, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
-    fit_teacher(model, tokenizer, sentences, [to_io(t, labels) if is_io else t for t in tags], epochs=epochs, log=log)
-    model.save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    with publishing(out_dir) as staging:
+        tokenizer = train_tokenizer(sentences, staging, vocab_size)
+        model = build_teacher(tokenizer, labels, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
+        fit_teacher(model, tokenizer, sentences, [to_io(t, labels) if is_io else t for t in tags], epochs=epochs,
+                    log=log)
+        model.save_pretrained(staging)
     return out_dir
 
 
