@@ -107,3 +107,17 @@ def stage1_artifact(tmp_path_factory, io_teacher) -> Path:
     student = build_student(teacher, [0, 2, 3], list(BIO_LABELS), project_labels(list(teacher.labels), list(BIO_LABELS)),
                             use_crf=True)
     return save_model(student, tokenizer, tmp_path_factory.mktemp("stage1") / "student", stage="kd")
+
+
+class OnlyTagger:
+    """A model seen through the `decoding.Tagger` interface alone: any other attribute raises, so a
+    test proves that decoding (and every model kind it serves) needs nothing more."""
+    INTERFACE = frozenset({"labels", "crf", "max_subwords", "token_logits"})
+
+    def __init__(self, model):
+        object.__setattr__(self, "_model", model)
+
+    def __getattr__(self, name):
+        if name not in OnlyTagger.INTERFACE:
+            raise AttributeError(f"decoding used {name!r}, which is not part of the Tagger interface")
+        return getattr(object.__getattribute__(self, "_model"), name)

@@ -234,3 +234,35 @@ def test_add_config_args():
     assert args.config == "configs/kd_camembert.yaml" and args.overrides == []
     args = parser.parse_args(["--config", "x.yaml", "--set", "training.max_epochs=1", "--set", "training.seed=3"])
     assert args.config == "x.yaml" and args.overrides == ["training.max_epochs=1", "training.seed=3"]
+
+
+def test_stage_config_applies_the_finetune_section_in_one_place():
+    from config import stage_config
+    config = load_config(MAIN_CONFIG, ["training.batch_size=7", "finetune.epochs=4", "finetune.learning_rate=1e-4",
+                                       "finetune.weights.kd=0.25"], check_files=False)
+    assert stage_config(config, "kd") is config
+    finetune = stage_config(config, "finetune")
+    assert (finetune.training.max_epochs, finetune.training.learning_rate) == (4, 1e-4)
+    assert finetune.distillation.weights == config.finetune.weights and finetune.distillation.weights.kd == 0.25
+    # every other training setting is stage 1's, unchanged
+    shared = {f.name for f in dataclasses.fields(config.training)} - {"max_epochs", "learning_rate"}
+    assert all(getattr(finetune.training, name) == getattr(config.training, name) for name in shared)
+    assert finetune.training.batch_size == 7 and finetune.distillation.temperature == config.distillation.temperature
+    with pytest.raises(ValueError, match="unknown training stage"):
+        stage_config(config, "prune")
+
+
+def test_every_config_key_has_a_readme_row():
+    """Adding a setting = one dataclass field, one line in the main YAML and one README row."""
+    import yaml
+    readme = (MAIN_CONFIG.parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    in_yaml = yaml.safe_load(MAIN_CONFIG.read_text(encoding="utf-8"))
+    no_row, no_line = [], []
+    for section, values in config_to_dict(Config()).items():
+        for key in values:
+            if not any(f"`{section}.{key}" in row or (f"`{section}." in row and f"`{key}`" in row) for row in rows):
+                no_row.append(f"{section}.{key}")
+            if key not in (in_yaml.get(section) or {}):
+                no_line.append(f"{section}.{key}")
+    assert (no_row, no_line) == ([], [])

@@ -10,8 +10,11 @@ import torch
 from seqeval.metrics import f1_score
 from torchcrf import CRF
 
-from decoding import (Prediction, Span, bio_spans, crf_marginals, decode_emissions, io_to_bio,
-                      map_entity_types, merge_window_emissions, repair_bio, seqeval_scores,
+from data_loader import split_words
+
+from conftest import OnlyTagger
+from decoding import (Prediction, Span, Tagger, bio_spans, crf_marginals, decode_emissions, extract_entities,
+                      io_to_bio, map_entity_types, merge_window_emissions, predict, repair_bio, seqeval_scores,
                       viterbi_decode, word_level_emissions)
 from models import ILLEGAL_TRANSITION_SCORE, bio_constraints
 
@@ -359,3 +362,55 @@ def test_seqeval_without_entities_gives_zeros():
     assert scores == {"overall": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}, "per_type": {}}
     spurious = seqeval_scores([["O", "O"]], [["B-PER", "O"]])
     assert spurious["per_type"]["PER"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+# ---------------------------------------------------------------------------
+# The Tagger interface and the text -> entities path
+
+class IdTagger:
+    """The smallest Tagger: logits that depend only on the subword id (so windows agree)."""
+    labels = BIO
+    max_subwords = 16            # forces long sentences through several overlapping windows
+
+    def __init__(self, use_crf: bool):
+        self.crf = None
+        if use_crf:
+            torch.manual_seed(0)
+            self.crf = CRF(len(BIO), batch_first=True)
+            allowed_start, allowed_transition = bio_constraints(list(BIO))
+            with torch.no_grad():
+                self.crf.start_transitions.masked_fill_(~allowed_start, ILLEGAL_TRANSITION_SCORE)
+                self.crf.transitions.masked_fill_(~allowed_transition, ILLEGAL_TRANSITION_SCORE)
+
+    def token_logits(self, input_ids, attention_mask):
+        return 3.0 * torch.nn.functional.one_hot(input_ids % len(BIO), len(BIO)).float()   # (B, T, C)
+
+
+@pytest.mark.parametrize("use_crf", [False, True], ids=["argmax", "crf"])
+def test_decoding_needs_nothing_but_the_tagger_interface(unigram_tokenizer, use_crf):
+    tagger = IdTagger(use_crf)
+    assert isinstance(tagger, Tagger)
+    sentences = [["Jean", "habite", "à", "Paris", "."], [], ["mot", "Rennes"] * 20]
+    direct = predict(tagger, unigram_tokenizer, sentences, batch_size=2)
+    through = predict(OnlyTagger(tagger), unigram_tokenizer, sentences, batch_size=2)
+    assert through == direct and [len(p.tags) for p in direct] == [len(s) for s in sentences]
+    assert all(is_legal(p.tags) for p in direct)
+    if not use_crf:  # the long sentence repeats itself, and so must its id-determined tags across windows
+        assert direct[2].tags[2:38] == direct[2].tags[4:40]
+
+
+def test_extract_entities_gives_character_spans_of_the_text(unigram_tokenizer):
+    tagger = OnlyTagger(IdTagger(use_crf=True))
+    texts = ["Le docteur Martin a reçu Mme Lefèvre à l’hôpital de Saint-Étienne.", "", "RAS."]
+    found = extract_entities(tagger, unigram_tokenizer, texts)
+    words = [[w.text for w in split_words(text)] for text in texts]
+    expected = predict(tagger, unigram_tokenizer, words)
+    assert len(found) == 3 and found[1] == []
+    for text, text_words, entities, prediction in zip(texts, words, found, expected):
+        assert [(e["type"], e["start"], e["end"]) for e in entities] == \
+            [(s.type, s.start, s.end) for s in bio_spans(prediction.tags)]
+        for entity in entities:
+            assert text[entity["start_char"]:entity["end_char"]] == entity["text"]
+            assert entity["text"].startswith(text_words[entity["start"]])
+            assert entity["text"].endswith(text_words[entity["end"] - 1])
+    assert sum(map(len, found)) > 0

@@ -1,6 +1,9 @@
 """precision.py: int8 through ONNX Runtime (pruned heads, dynamic shapes, cache), bf16, errors."""
 import builtins
+import errno
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +12,9 @@ import torch
 import evaluate
 import inference
 import precision
-from conftest import read_json
+from conftest import OnlyTagger, read_json
 from data_loader import read_examples
-from decoding import predict
+from decoding import Tagger, predict
 from models import load_model, remove_attention_heads, save_model
 from utils import PipelineError
 
@@ -54,6 +57,10 @@ def test_int8_export_of_a_pruned_model_handles_any_batch_and_length(pruned_copy,
     fp32, int8 = predict(model, tokenizer, sentences), predict(int8_model, tokenizer, sentences)
     agree = np.mean([a == b for p, q in zip(fp32, int8) for a, b in zip(p.tags, q.tags)])
     assert [len(p.tags) for p in int8] == [len(s) for s in sentences] and agree > 0.97
+    # both kinds of model serve decoding through the Tagger interface and nothing else
+    assert isinstance(model, Tagger) and isinstance(int8_model, Tagger)
+    assert predict(OnlyTagger(int8_model), tokenizer, sentences) == int8
+    assert predict(OnlyTagger(model), tokenizer, sentences) == fp32
 
 
 def test_export_is_cached_until_the_weights_change(pruned_copy):
@@ -72,9 +79,28 @@ def test_export_is_cached_until_the_weights_change(pruned_copy):
 
 
 def test_hub_ids_and_read_only_folders_export_to_the_user_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    folder = precision.export_folder("Jean-Baptiste/camembert-ner")
-    assert folder == tmp_path / ".cache" / "ner_pipeline" / "onnx" / "Jean-Baptiste--camembert-ner"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / ".cache" / "ner_pipeline" / "onnx"
+    assert precision.export_folder("Jean-Baptiste/camembert-ner") == cache / "Jean-Baptiste--camembert-ner"
+    writable = tmp_path / "model"
+    writable.mkdir()
+    assert precision.export_folder(str(writable)) == writable and list(writable.iterdir()) == []
+    # a folder that refuses new files (a read-only volume; permission bits do not stop root, so the
+    # refusal is what the check must rely on)
+    read_only = tmp_path / "mounted" / "model"
+    read_only.mkdir(parents=True)
+    read_only.chmod(0o555)
+    real_temporary_file = tempfile.TemporaryFile
+
+    def refusing(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_temporary_file(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refusing)
+    try:
+        assert precision.export_folder(str(read_only)) == cache / str(read_only).strip("/").replace("/", "--")
+    finally:
+        read_only.chmod(0o755)
 
 
 def test_bf16_runs_and_warns_on_a_cpu_without_bf16(stage1_artifact, monkeypatch):

@@ -1,0 +1,124 @@
+"""utils.py: `publishing` (the one atomic-write helper), recovery after a killed writer, output folders."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from utils import PipelineError, find_published, prepare_output_dir, publishing, write_json
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited (as a killed writer's would be)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def test_a_file_appears_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "out.jsonl"
+    target.write_text("previous\n")
+    with pytest.raises(RuntimeError):
+        with publishing(target) as staging:
+            staging.write_text("half")
+            assert staging.parent == tmp_path and staging.name.startswith(".out.jsonl.staging-")
+            raise RuntimeError("killed mid-way")
+    assert target.read_text() == "previous\n" and os.listdir(tmp_path) == ["out.jsonl"]
+    with publishing(target) as staging:
+        staging.write_text("new\n")
+    assert target.read_text() == "new\n" and os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def test_a_folder_replaces_the_old_one_whole(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with publishing(target) as staging:
+        staging.mkdir()
+        (staging / "config.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_merge_keeps_the_other_files_of_the_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_log.jsonl").write_text("log\n")
+    (run / "config.json").write_text('{"v": 1}')
+    with publishing(run, merge=True) as staging:
+        staging.mkdir()
+        (staging / "config.json").write_text('{"v": 2}')
+        (staging / "model.safetensors").write_bytes(b"weights")
+    assert (run / "training_log.jsonl").read_text() == "log\n"
+    assert json.loads((run / "config.json").read_text()) == {"v": 2} and (run / "model.safetensors").is_file()
+    assert os.listdir(tmp_path) == ["run"]
+
+
+def test_write_json_is_whole_or_absent(tmp_path):
+    write_json(tmp_path / "a.json", {"é": [1, 2]})
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == {"é": [1, 2]}
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "b.json", {"x": object()})
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_leftovers_of_dead_writers_are_tidied_and_a_folder_set_aside_comes_back(tmp_path):
+    pid = dead_pid()
+    target = tmp_path / "checkpoint"
+    (tmp_path / f".checkpoint.staging-{pid}").mkdir()        # killed while writing the new one
+    aside = tmp_path / f".checkpoint.old-{pid}"                # killed between the two renames
+    aside.mkdir()
+    (aside / "trainer_state.pt").write_bytes(b"state")
+    live = tmp_path / f".checkpoint.staging-{os.getpid()}"     # a writer still running: untouched
+    live.mkdir()
+    assert find_published(target) == target
+    assert (target / "trainer_state.pt").read_bytes() == b"state"
+    assert sorted(os.listdir(tmp_path)) == sorted(["checkpoint", live.name])
+    assert find_published(tmp_path / "missing") is None
+
+
+def test_a_writer_killed_between_the_renames_loses_nothing(tmp_path):
+    """kill -9 right after the old folder was set aside: the next reader gets the old folder back."""
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {str(REPO)!r})
+import utils
+renames = []
+original = Path.rename
+def rename(self, destination):
+    result = original(self, destination)
+    renames.append(destination)
+    if len(renames) == 1:               # the old folder is aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+Path.rename = rename
+with utils.publishing(Path({str(target)!r})) as staging:
+    staging.mkdir()
+    (staging / "weights").write_text("new")
+"""
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert not target.exists() and len(os.listdir(tmp_path)) == 2       # aside + staging, both left behind
+    assert find_published(target) == target and (target / "weights").read_text() == "old"
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_output_folder_rules(tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "result.txt").write_text("keep")
+    with pytest.raises(PipelineError, match="already exists and is not empty"):
+        prepare_output_dir(busy)
+    with pytest.raises(PipelineError, match="exclude each other"):
+        prepare_output_dir(busy, overwrite=True, resume=True)
+    with pytest.raises(PipelineError, match="no run to resume"):
+        prepare_output_dir(tmp_path / "absent", resume=True)
+    prepare_output_dir(busy, overwrite=True, create=False)          # checks only
+    assert (busy / "result.txt").read_text() == "keep"
+    assert prepare_output_dir(busy, overwrite=True) == busy and list(busy.iterdir()) == []
