@@ -360,7 +360,8 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
     if stage.runtime.is_main and log_path.exists():  # drop lines logged after the checkpoint
         lines = [l for l in log_path.read_text().splitlines() if l.strip()
                  and json.loads(l).get("step", 0) <= state.global_step]
-        log_path.write_text("".join(l + "\n" for l in lines))
+        with publishing(log_path) as staging:
+            staging.write_text("".join(l + "\n" for l in lines))
     return state
 
 
