@@ -67,25 +67,28 @@ $(DEMO)/report.json: $(DEMO)/entities.jsonl
 
 # --- the real pipeline (RunPod) -----------------------------------------------------------
 # Stops at the first failing stage. A stage stopped by a signal resumes from its checkpoint.
+# The main config writes artifacts/student_10L*; another config writes the same folders under
+# artifacts/<config name>/ (e.g. artifacts/kd_camembert_compact/student_10L_final).
 
+RUN := artifacts$(if $(filter configs/kd_camembert.yaml,$(CONFIG)),,/$(basename $(notdir $(CONFIG))))
 resume_flag = $(if $(wildcard $(1)/checkpoint/trainer_state.pt),--resume,)
 
-pipeline: artifacts/entities.jsonl
-	@echo "Artifacts: artifacts/student_10L, artifacts/student_10L_pruned, artifacts/student_10L_final, $<"
+pipeline: $(RUN)/entities.jsonl
+	@echo "Artifacts: $(RUN)/student_10L, $(RUN)/student_10L_pruned, $(RUN)/student_10L_final, $<"
 
-artifacts/student_10L/training_summary.json: $(CONFIG)
-	$(PIPELINE_PY) train_kd.py --config $(CONFIG) --output artifacts/student_10L \
-		$(call resume_flag,artifacts/student_10L)
+$(RUN)/student_10L/training_summary.json: $(CONFIG)
+	$(PIPELINE_PY) train_kd.py --config $(CONFIG) --output $(RUN)/student_10L \
+		$(call resume_flag,$(RUN)/student_10L)
 
-artifacts/student_10L_pruned/pruning_summary.json: artifacts/student_10L/training_summary.json
-	$(PIPELINE_PY) prune_heads.py --config $(CONFIG) --model artifacts/student_10L --output artifacts/student_10L_pruned
+$(RUN)/student_10L_pruned/pruning_summary.json: $(RUN)/student_10L/training_summary.json
+	$(PIPELINE_PY) prune_heads.py --config $(CONFIG) --model $(RUN)/student_10L --output $(RUN)/student_10L_pruned
 
-artifacts/student_10L_final/training_summary.json: artifacts/student_10L_pruned/pruning_summary.json
-	$(PIPELINE_PY) finetune_postprune.py --config $(CONFIG) --model artifacts/student_10L_pruned \
-		--output artifacts/student_10L_final $(call resume_flag,artifacts/student_10L_final)
+$(RUN)/student_10L_final/training_summary.json: $(RUN)/student_10L_pruned/pruning_summary.json
+	$(PIPELINE_PY) finetune_postprune.py --config $(CONFIG) --model $(RUN)/student_10L_pruned \
+		--output $(RUN)/student_10L_final $(call resume_flag,$(RUN)/student_10L_final)
 
-artifacts/entities.jsonl: artifacts/student_10L_final/training_summary.json $(INPUT)
-	$(PIPELINE_PY) inference.py --model artifacts/student_10L_final --input $(INPUT) --output $@
+$(RUN)/entities.jsonl: $(RUN)/student_10L_final/training_summary.json $(INPUT)
+	$(PIPELINE_PY) inference.py --model $(RUN)/student_10L_final --input $(INPUT) --output $@
 
 clean:
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

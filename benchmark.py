@@ -3,6 +3,7 @@
     python benchmark.py --like camembert-base --layers 10 --prune-rate 0.25 --precision fp32 bf16 int8
     python benchmark.py --model Jean-Baptiste/camembert-ner --model artifacts/student_10L_final --precision fp32 int8
     python benchmark.py --like camembert-base --layers 10 --prune-rate 0.25 --train
+    python benchmark.py --like camembert-base --ffn-rate 0.3 --vocab-size 16000   # + the compact student
 
 The first row is the baseline (the teacher, fp32); every row gives its ratio to it. Throughput
 is words/s over the sentences of --data in batches of --batch-size (the median of the timed
@@ -29,12 +30,13 @@ from decoding import predict
 from config import LossWeights
 from losses import KDMapping
 from models import (NERModel, PipelineInfo, build_student, count_parameters, heads_per_layer, load_any_model,
-                    project_labels, remove_attention_heads, select_teacher_layers)
+                    project_labels, remove_attention_heads, remove_ffn_neurons, select_teacher_layers)
 from precision import PRECISIONS, autocast_for, for_inference
 from pruning import heads_to_prune, plan_prune_count
 from tools.make_demo_teacher import train_tokenizer
 from training import step_loss
 from utils import PipelineError, init_runtime, markdown_table, run_cli, write_json
+from vocabulary import trim_embeddings
 
 # Shapes of public teachers, for models built without downloading anything.
 SHAPES = {
@@ -50,9 +52,11 @@ TEACHER_LABELS = ("O", "I-LOC", "I-PER", "I-MISC", "I-ORG")
 STUDENT_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
 
-def build_like(like: str, layers: int | None, prune_rate: float, seed: int = 0) -> NERModel:
+def build_like(like: str, layers: int | None, prune_rate: float, seed: int = 0, ffn_rate: float = 0.0,
+               vocab_size: int | None = None) -> NERModel:
     """A random model with `like`'s shapes: the teacher, or a student of `layers` layers with
-    `prune_rate` of its heads removed (chosen at random: speed does not depend on which)."""
+    `prune_rate` of its heads and `ffn_rate` of each layer's FFN neurons removed (chosen at
+    random: speed does not depend on which) and its vocabulary cut to `vocab_size` pieces."""
     from transformers import AutoConfig, AutoModelForTokenClassification
     shapes = dict(SHAPES[like])
     config = AutoConfig.for_model(shapes.pop("model_type"), **shapes, id2label=dict(enumerate(TEACHER_LABELS)),
@@ -68,6 +72,12 @@ def build_like(like: str, layers: int | None, prune_rate: float, seed: int = 0) 
                             projection, use_crf=True)
     count = plan_prune_count(heads_per_layer(student), prune_rate, 1)
     remove_attention_heads(student, heads_to_prune(torch.rand(layers, config.num_attention_heads), count, 1))
+    if ffn_rate:
+        removed = round(ffn_rate * config.intermediate_size)
+        remove_ffn_neurons(student, {l: sorted(torch.randperm(config.intermediate_size)[:removed].tolist())
+                                     for l in range(layers)})
+    if vocab_size:
+        trim_embeddings(student, list(range(vocab_size)))  # the benchmark's tokenizer uses the lowest ids
     return student.eval()
 
 
@@ -79,9 +89,11 @@ def measure_inference(spec: dict) -> dict:
     sentences = json.loads(Path(spec["sentences"]).read_text())
     if spec["like"]:
         from transformers import AutoTokenizer
-        model, tokenizer = build_like(spec["like"], spec["layers"], spec["prune_rate"]), \
-            AutoTokenizer.from_pretrained(spec["tokenizer"])
-        model_ref = Path(spec["scratch"]) / f"export_{spec['layers']}_{spec['prune_rate']}"  # int8 files go here
+        model = build_like(spec["like"], spec["layers"], spec["prune_rate"], ffn_rate=spec["ffn_rate"],
+                           vocab_size=spec["vocab_size"])
+        tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+        model_ref = Path(spec["scratch"]) / "export_{layers}_{prune_rate}_{ffn_rate}_{vocab_size}".format(**spec)
+        model_ref.mkdir(exist_ok=True)                                            # int8 files go here
         model_ref.mkdir(exist_ok=True)
     else:
         model, tokenizer = load_any_model(spec["model"], "cpu")
@@ -129,7 +141,8 @@ def measure_training(spec: dict) -> dict:
     label2id = {label: i for i, label in enumerate(STUDENT_LABELS)}
     windows = encode_sentences(tokenizer, examples, 128, tags=[["O"] * len(s) for s in examples], label2id=label2id)
     batch = collate_windows(windows[:spec["batch_size"]], tokenizer.pad_token_id).to(runtime.device)
-    student = build_like(spec["like"], spec["layers"], spec["prune_rate"]).to(runtime.device).train()
+    student = build_like(spec["like"], spec["layers"], spec["prune_rate"], ffn_rate=spec["ffn_rate"],
+                         vocab_size=spec["vocab_size"]).to(runtime.device).train()
     teacher, weights, mapping = None, LossWeights(ce=1.0, kd=0.0, hidden=0.0, crf=1.0), None
     if spec["mode"] == "kd":
         teacher = build_like(spec["like"], None, 0.0).to(runtime.device).eval().requires_grad_(False)
@@ -166,12 +179,20 @@ def run_worker(spec: dict) -> dict:
 def inference_rows(args) -> list[dict]:
     rows = []
     if args.like:
-        rows.append({"label": f"teacher ({args.like}, random)", "layers": None, "prune_rate": 0.0, "precision": "fp32"})
-        rows += [{"label": f"teacher ({args.like}, random)", "layers": None, "prune_rate": 0.0, "precision": p}
-                 for p in args.teacher_precision if p != "fp32"]
-        student = f"student ({args.layers} layers, {args.prune_rate:.0%} heads pruned)"
-        rows += [{"label": student, "layers": args.layers, "prune_rate": args.prune_rate, "precision": p}
-                 for p in args.precision]
+        teacher = {"label": f"teacher ({args.like}, random)", "layers": None, "prune_rate": 0.0, "ffn_rate": 0.0,
+                   "vocab_size": None}
+        rows.append(dict(teacher, precision="fp32"))
+        rows += [dict(teacher, precision=p) for p in args.teacher_precision if p != "fp32"]
+        plain = {"label": f"student ({args.layers} layers, {args.prune_rate:.0%} heads pruned)", "layers": args.layers,
+                 "prune_rate": args.prune_rate, "ffn_rate": 0.0, "vocab_size": None}
+        students = [plain]
+        if args.ffn_rate or args.vocab_size:
+            compact = [f"{args.ffn_rate:.0%} FFN neurons"] * bool(args.ffn_rate) + \
+                [f"vocabulary {args.vocab_size}"] * bool(args.vocab_size)
+            students.append(dict(plain, label=f"compact student ({args.layers} layers, {args.prune_rate:.0%} heads, "
+                                              + ", ".join(compact) + ")",
+                                 ffn_rate=args.ffn_rate, vocab_size=args.vocab_size))
+        rows += [dict(student, precision=p) for student in students for p in args.precision]
     else:
         rows.append({"label": args.model[0], "model": args.model[0], "precision": "fp32"})
         rows += [{"label": args.model[0], "model": args.model[0], "precision": p}
@@ -201,6 +222,11 @@ def main(argv=None) -> int:
     models.add_argument("--like", choices=sorted(SHAPES), help="random models with these shapes (no download)")
     parser.add_argument("--layers", type=int, default=10, help="student layers with --like (default 10)")
     parser.add_argument("--prune-rate", type=float, default=0.25, help="student heads removed with --like")
+    parser.add_argument("--ffn-rate", type=float, default=0.0,
+                        help="with --like: also measure a compact student, with this share of each layer's FFN "
+                             "neurons removed (e.g. 0.3)")
+    parser.add_argument("--vocab-size", type=int,
+                        help="with --like: the compact student's vocabulary (e.g. 16000; the teacher keeps its own)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=PRECISIONS,
                         help="precisions of the student rows (default fp32 int8)")
     parser.add_argument("--teacher-precision", nargs="+", default=["fp32"], choices=PRECISIONS,
@@ -228,6 +254,14 @@ def main(argv=None) -> int:
         raise PipelineError("give --like camembert-base (random models) or one or more --model.")
     if args.train and not args.like:
         raise PipelineError("--train builds its models: use it with --like.")
+    if (args.ffn_rate or args.vocab_size) and not args.like:
+        raise PipelineError("--ffn-rate and --vocab-size shape the compact student that --like builds; a saved "
+                            "compact student is measured with --model.")
+    if not 0 <= args.ffn_rate < 1:
+        raise PipelineError(f"--ffn-rate {args.ffn_rate}: give the share of FFN neurons to remove, in [0, 1).")
+    if args.like and args.vocab_size and not 0 < args.vocab_size <= SHAPES[args.like]["vocab_size"]:
+        raise PipelineError(f"--vocab-size {args.vocab_size}: between 1 and {args.like}'s "
+                            f"{SHAPES[args.like]['vocab_size']} pieces.")
 
     corpus = [list(e.tokens) for e in read_examples(args.data)]
     sentences = corpus[:args.sentences]
@@ -240,6 +274,9 @@ def main(argv=None) -> int:
             # a unigram tokenizer trained on the whole file stands in for the teacher's
             tokenizer = train_tokenizer(corpus, Path(scratch) / "tokenizer", vocab_size=8000)
             common["tokenizer"] = str(Path(scratch) / "tokenizer")
+            if args.vocab_size and args.vocab_size < len(tokenizer):
+                raise PipelineError(f"--vocab-size {args.vocab_size} is smaller than the {len(tokenizer)} pieces of "
+                                    "the tokenizer the benchmark trains on --data.")
             pieces = subword_pieces(tokenizer, sentences)
             print(f"random models with {args.like} shapes; their tokenizer gives "
                   f"{sum(len(p) for s in pieces for p in s) / sum(map(len, sentences)):.2f} subwords per word.")
@@ -251,6 +288,7 @@ def main(argv=None) -> int:
             for round_number in range(1, args.rounds + 1):
                 for mode in runs:
                     spec = dict(common, mode=mode, layers=args.layers, prune_rate=args.prune_rate,
+                                ffn_rate=args.ffn_rate, vocab_size=args.vocab_size,
                                 precision=args.train_precision, steps=args.steps)
                     runs[mode].append(run_worker(spec))
                     print(f"round {round_number}/{args.rounds}, {mode} step: {runs[mode][-1]}", flush=True)

@@ -49,6 +49,8 @@ class StudentConfig:
     num_layers: int = _field(10, min=1)
     layers: Optional[list[int]] = _field(None, min=0)  # teacher layer ids; None = spread evenly
     use_crf: bool = True
+    trim_vocabulary: bool = False  # keep only the pieces the data uses (+ special and single-character ones)
+    vocabulary_files: list[str] = _field([])  # plain-text files (one text per line) whose pieces are kept too
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class PruningConfig:
     max_batches: Optional[int] = _field(None, min=1)  # caps the val batches used to score heads
     normalize: str = _field("l2", choices=("l2", "none"))
     batch_size: int = _field(16, min=1)
+    ffn_rate: float = _field(0.0, min=0, lt=1)  # fraction of feed-forward neurons to remove too
+    min_ffn_neurons_per_layer: int = _field(64, min=1)
 
 
 @dataclass(frozen=True)
@@ -249,13 +253,17 @@ def _check_consistency(config):
             raise ConfigError(f"{key}: all loss weights are 0; set at least one of ce, kd, hidden, crf > 0", key)
 
 
-def _check_files(data):
+def _check_files(config):
     """Every configured data file must exist; paths resolve against the current directory."""
-    for f in fields(data):
-        path = getattr(data, f.name)
+    where = f"(relative paths are resolved against the current directory, {os.getcwd()}, not the config file)"
+    for f in fields(config.data):
+        path = getattr(config.data, f.name)
         if f.name.endswith("_file") and path is not None and not os.path.isfile(path):
-            raise ConfigError(f"data.{f.name}: file not found: '{path}' (relative paths are resolved against "
-                              f"the current directory, {os.getcwd()}, not the config file)", f"data.{f.name}")
+            raise ConfigError(f"data.{f.name}: file not found: '{path}' {where}", f"data.{f.name}")
+    for i, path in enumerate(config.student.vocabulary_files):
+        if not os.path.isfile(path):
+            raise ConfigError(f"student.vocabulary_files[{i}]: no such file: '{path}' {where}",
+                              f"student.vocabulary_files[{i}]")
 
 
 def _read_yaml(path):
@@ -317,7 +325,7 @@ def load_config(path=DEFAULT_CONFIG, overrides=(), check_files=True):
         config = _build(Config(), raw)
         _check_consistency(config)
         if check_files:
-            _check_files(config.data)
+            _check_files(config)
     except ConfigError as err:
         raise ConfigError(f"{_blame(err.key, path, overrides)}: {err}", err.key) from None
     return config

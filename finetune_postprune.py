@@ -16,7 +16,8 @@ from dataclasses import replace
 from config import add_config_args, load_config, stage_config
 from models import count_parameters, heads_per_layer, load_model, load_teacher, project_labels
 from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
-from utils import PipelineError, close_runtime, init_runtime, run_cli, set_seed
+from utils import close_runtime, init_runtime, run_cli, set_seed
+from vocabulary import teacher_to_student_ids
 
 
 def main(argv=None) -> int:
@@ -37,14 +38,12 @@ def main(argv=None) -> int:
     label2id = {label: i for i, label in enumerate(student.labels)}
     data = read_stage_data(config.data, label2id)
     weights = stage_config(config, "finetune").distillation.weights
-    teacher = projection = None
+    teacher = teacher_tokenizer = projection = None
     if config.finetune.use_teacher and (weights.kd > 0 or weights.hidden > 0):
         say(f"Loading teacher {config.teacher.model_name} ...")
         teacher, teacher_tokenizer = load_teacher(config.teacher.model_name)
         if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise PipelineError(f"teacher {config.teacher.model_name} does not share the student's vocabulary "
-                                f"(the student came from {student.info.teacher}); set teacher.model_name to "
-                                "the teacher stage 1 used.")
+            teacher_to_student_ids(teacher_tokenizer, tokenizer)  # a trimmed student's pieces must be the teacher's
         projection = project_labels(list(teacher.labels), list(student.labels), config.distillation.label_map)
         say(projection.describe())
     else:
@@ -57,7 +56,8 @@ def main(argv=None) -> int:
         f"{count_parameters(student) / 1e6:.1f}M parameters.")
 
     command = ["finetune_postprune.py"] + list(argv if argv is not None else sys.argv[1:])
-    stage = Stage.create("finetune", config, student, teacher, tokenizer, projection, runtime, run_dir, command)
+    stage = Stage.create("finetune", config, student, teacher, tokenizer, projection, runtime, run_dir, command,
+                         teacher_tokenizer=teacher_tokenizer)
     code = run_stage(stage, data, resume=args.resume)
     close_runtime(runtime)
     return code

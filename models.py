@@ -4,7 +4,8 @@ Every stage and every test loads a saved model with `load_model`; nothing else r
 `model.safetensors`. A saved folder is a Hugging Face token-classification checkpoint
 (config.json, model.safetensors, tokenizer files) whose config.json carries the
 pipeline's own record under `ner_pipeline`: labels, CRF on/off, the teacher layers the
-student was copied from, and the attention heads removed by pruning (original indices).
+student was copied from, and the attention heads and feed-forward neurons removed by pruning
+(original indices).
 """
 from __future__ import annotations
 
@@ -153,10 +154,14 @@ class PipelineInfo:
     teacher_layers: tuple[int, ...]
     pruned_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # original indices
     stage: str = "student"
+    pruned_neurons: dict[int, tuple[int, ...]] = field(default_factory=dict)  # FFN neurons, original indices
 
     def to_json(self) -> dict:
         record = asdict(self)
         record["pruned_heads"] = {str(k): list(v) for k, v in sorted(self.pruned_heads.items())}
+        record["pruned_neurons"] = {str(k): list(v) for k, v in sorted(self.pruned_neurons.items())}
+        if not record["pruned_neurons"]:
+            del record["pruned_neurons"]  # models without FFN pruning keep the record they always had
         record["labels"], record["teacher_layers"] = list(self.labels), list(self.teacher_layers)
         record["format_version"] = FORMAT_VERSION
         return record
@@ -168,6 +173,8 @@ class PipelineInfo:
                    teacher_layers=tuple(int(i) for i in record["teacher_layers"]),
                    pruned_heads={int(k): tuple(int(h) for h in v)
                                  for k, v in record.get("pruned_heads", {}).items() if v},
+                   pruned_neurons={int(k): tuple(int(n) for n in v)
+                                   for k, v in record.get("pruned_neurons", {}).items() if v},
                    stage=str(record.get("stage", "student")))
 
 
@@ -255,6 +262,11 @@ def count_parameters(model: nn.Module) -> int:
 def heads_per_layer(model: NERModel) -> list[int]:
     """Number of attention heads left in each layer."""
     return [layer.attention.self.num_attention_heads for layer in encoder_layers(model)]
+
+
+def neurons_per_layer(model: NERModel) -> list[int]:
+    """Number of feed-forward (intermediate) neurons left in each layer."""
+    return [layer.intermediate.dense.out_features for layer in encoder_layers(model)]
 
 
 # ---------------------------------------------------------------------------
@@ -418,6 +430,39 @@ def remove_attention_heads(model: NERModel, heads: dict[int, list[int]]) -> None
     model.info = replace(model.info, pruned_heads={l: tuple(sorted(h)) for l, h in sorted(pruned.items()) if h})
 
 
+def remaining_neurons(model: NERModel) -> list[list[int]]:
+    """Original indices of the feed-forward neurons each layer still has."""
+    size, pruned = model.config.intermediate_size, model.info.pruned_neurons
+    return [sorted(set(range(size)) - set(pruned.get(l, ()))) for l in range(len(encoder_layers(model)))]
+
+
+def remove_ffn_neurons(model: NERModel, neurons: dict[int, list[int]]) -> None:
+    """Remove feed-forward neurons in place, given per layer by their ORIGINAL index.
+
+    Slices the rows of `intermediate.dense` and the columns of `output.dense`, so each layer may
+    end with its own size, and records the removal in `model.info.pruned_neurons`.
+    """
+    layers = encoder_layers(model)
+    alive = remaining_neurons(model)
+    pruned = {l: set(n) for l, n in model.info.pruned_neurons.items()}
+    for layer_id, original_neurons in sorted(neurons.items()):
+        if not original_neurons:
+            continue
+        remaining, removing = alive[layer_id], set(original_neurons)
+        unknown = removing - set(remaining)
+        if unknown:
+            raise PipelineError(f"layer {layer_id}: {len(unknown)} of the FFN neurons to remove are already "
+                                "pruned or out of range.")
+        if len(removing) >= len(remaining):
+            raise PipelineError(f"layer {layer_id}: cannot remove all its {len(remaining)} FFN neurons.")
+        index = torch.tensor([i for i, n in enumerate(remaining) if n not in removing])
+        layer = layers[layer_id]
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
+        pruned.setdefault(layer_id, set()).update(removing)
+    model.info = replace(model.info, pruned_neurons={l: tuple(sorted(n)) for l, n in sorted(pruned.items()) if n})
+
+
 # ---------------------------------------------------------------------------
 # Saving and the one loader
 
@@ -496,8 +541,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
                              f"(format {record['format_version']}); update the code.")
     delattr(config, PIPELINE_KEY)
     backbone = AutoModelForTokenClassification.from_config(config)
-    model = NERModel(backbone, replace(info, pruned_heads={}))
+    model = NERModel(backbone, replace(info, pruned_heads={}, pruned_neurons={}))
     remove_attention_heads(model, {l: list(h) for l, h in info.pruned_heads.items()})
+    remove_ffn_neurons(model, {l: list(n) for l, n in info.pruned_neurons.items()})
     model.info = info
     state = load_file(model_dir / WEIGHTS_NAME)
     mismatch = _state_mismatch(_saved_state(model), state)

@@ -35,6 +35,7 @@ from losses import KDMapping, TeacherTargets, combined_loss
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
 from precision import autocast_for, resolve_precision
 from utils import PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json
+from vocabulary import teacher_to_student_ids
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
@@ -55,7 +56,7 @@ class Stage:
     name: str                        # "kd" (stage 1) or "finetune" (stage 3)
     student: NERModel
     teacher: NERModel | None
-    tokenizer: object
+    tokenizer: object                # the student's: saved with it, encodes the val and test sets
     projection: LabelProjection | None
     training: TrainingConfig
     weights: LossWeights             # terms that cannot apply here (no CRF, no teacher) are 0
@@ -66,21 +67,31 @@ class Stage:
     run_dir: Path
     config_record: dict              # the whole config as loaded, saved with checkpoints and summary
     command: list[str]
+    # A student with a trimmed vocabulary: the training windows are encoded once with the
+    # teacher's tokenizer, so that both see the same subwords, and the student reads them
+    # through this lookup (teacher id -> student id). None when they share one vocabulary.
+    train_tokenizer: object = None
+    student_ids: torch.Tensor | None = None
 
     @classmethod
     def create(cls, name: str, config: Config, student: NERModel, teacher: NERModel | None, tokenizer,
-               projection: LabelProjection | None, runtime: Runtime, run_dir: Path, command: list[str]) -> "Stage":
+               projection: LabelProjection | None, runtime: Runtime, run_dir: Path, command: list[str],
+               teacher_tokenizer=None) -> "Stage":
         settings = stage_config(config, name)
         weights = settings.distillation.weights
         if student.crf is None:
             weights = replace(weights, crf=0.0)
         if teacher is None:
             weights = replace(weights, kd=0.0, hidden=0.0)
+        train_tokenizer, student_ids = tokenizer, None
+        if teacher is not None and teacher_tokenizer is not None and \
+                teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            train_tokenizer, student_ids = teacher_tokenizer, teacher_to_student_ids(teacher_tokenizer, tokenizer)
         return cls(name, student, teacher, tokenizer, projection, settings.training, weights,
                    settings.distillation.temperature,
                    resolve_precision(settings.training.mixed_precision, runtime.device),
                    min(settings.data.max_seq_length, student.max_subwords), runtime, run_dir,
-                   config_to_dict(config), command)
+                   config_to_dict(config), command, train_tokenizer, student_ids)
 
     @property
     def say(self):
@@ -275,6 +286,7 @@ class Loop:
     batches_per_epoch: int
     optim: Optimization
     mapping: KDMapping | None
+    student_ids: torch.Tensor | None  # Stage.student_ids, on the device
     autocast: object                 # a factory of autocast contexts
     stop_group: object               # the gloo group that agrees on stopping (DDP)
     pending_rng: dict | None = None  # RNG states of a resumed run, restored as its first batch is drawn
@@ -298,13 +310,14 @@ class Loop:
                                             training.seed, num_replicas=runtime.world_size, rank=runtime.rank)
         # a private generator: creating the loader must not consume the global RNG (resume equivalence)
         loader = DataLoader(windows, batch_sampler=sampler, num_workers=training.num_workers,
-                            collate_fn=partial(collate_windows, pad_id=stage.tokenizer.pad_token_id),
+                            collate_fn=partial(collate_windows, pad_id=stage.train_tokenizer.pad_token_id),
                             generator=torch.Generator().manual_seed(training.seed),
                             pin_memory=device.type == "cuda")
         batches_per_epoch = len(sampler)
         total_steps = math.ceil(batches_per_epoch / training.grad_accumulation_steps) * training.max_epochs
         optim = Optimization(stage.student, training, total_steps, stage.precision, device)
-        return cls(model, sampler, loader, batches_per_epoch, optim, mapping,
+        student_ids = None if stage.student_ids is None else stage.student_ids.to(device)
+        return cls(model, sampler, loader, batches_per_epoch, optim, mapping, student_ids,
                    autocast_for(stage.precision, device), stop_group)
 
 
@@ -424,15 +437,19 @@ def end_of_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLos
 
 
 def step_loss(model, student: NERModel, teacher: NERModel | None, batch, weights: LossWeights, temperature: float,
-              mapping: KDMapping | None, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              mapping: KDMapping | None, autocast=nullcontext,
+              student_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forward half of a training step: teacher targets, student outputs, weighted losses.
 
-    `model` is the student or its DDP wrapper. Nothing here waits for the device (no
-    data-dependent shapes, no .item()), so the GPU runs ahead of Python between log steps.
+    `model` is the student or its DDP wrapper. The batch holds the teacher's ids; `student_ids`
+    turns them into the student's for a student with a trimmed vocabulary. Nothing here waits
+    for the device (no data-dependent shapes, no .item()), so the GPU runs ahead of Python
+    between log steps.
     """
     targets = _teacher_targets(teacher, batch, weights, student.info.teacher_layers, autocast)
+    input_ids = batch.input_ids if student_ids is None else student_ids[batch.input_ids]
     with autocast():
-        out = model(batch.input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
+        out = model(input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
         emissions = word_level_emissions(out.logits, batch.word_starts)
         hidden = list(out.hidden_states[1:]) if weights.hidden > 0 else None
         return combined_loss(emissions, hidden, targets, batch.word_labels, batch.word_mask, batch.attention_mask,
@@ -459,7 +476,7 @@ def _forward_backward(stage: Stage, loop: Loop, state: LoopState, batch, boundar
     try:
         with sync:
             loss, terms = step_loss(loop.model, stage.student, stage.teacher, batch, stage.weights,
-                                    stage.temperature, loop.mapping, loop.autocast)
+                                    stage.temperature, loop.mapping, loop.autocast, loop.student_ids)
             loop.optim.backward(loss, stage.training.grad_accumulation_steps)
         if boundary:
             loop.optim.step()
@@ -593,7 +610,7 @@ def run_stage(stage: Stage, data: StageData, resume: bool) -> int:
     student, tokenizer, max_length = stage.student, stage.tokenizer, stage.max_length
     label2id = {label: i for i, label in enumerate(student.labels)}
     encoded = EncodedData(
-        encode_sentences(tokenizer, [list(e.tokens) for e in data.train], max_length,
+        encode_sentences(stage.train_tokenizer, [list(e.tokens) for e in data.train], max_length,
                          tags=[list(e.tags) for e in data.train], label2id=label2id),
         make_eval_set(tokenizer, data.val, max_length),
         make_eval_set(tokenizer, data.test, max_length) if data.test else None)

@@ -98,21 +98,24 @@ def fit_teacher(model, tokenizer, sentences: list[list[str]], tags: list[list[st
 
 def make_teacher(sentences: list[list[str]], tags: list[list[str]], out_dir: Path, layers: int = 4,
                  hidden: int = 128, heads: int = 4, intermediate: int = 256, vocab_size: int = 4000,
-                 epochs: int = 3, seed: int = 0, log=print, labels: tuple[str, ...] | None = None) -> Path:
+                 epochs: int = 3, seed: int = 0, log=print, labels: tuple[str, ...] | None = None,
+                 tokenizer_sentences: list[list[str]] | None = None, learning_rate: float = 1e-3) -> Path:
     """Tokenizer + model + fine-tuning, saved as a hub-style folder (atomically).
 
     `labels` defaults to the real teacher's IO labels (the BIO tags are converted); BIO
-    labels train on the tags as they are.
+    labels train on the tags as they are. The tokenizer learns from `tokenizer_sentences`
+    (default: the training sentences); a broader text makes it a general-purpose vocabulary
+    of which one domain uses a part, like the real teacher's.
     """
     labels = tuple(labels or TEACHER_LABELS)
     is_io = not any(label.startswith("B-") for label in labels)
     set_seed(seed)
     out_dir = Path(out_dir)
     with publishing(out_dir) as staging:
-        tokenizer = train_tokenizer(sentences, staging, vocab_size)
+        tokenizer = train_tokenizer(tokenizer_sentences or sentences, staging, vocab_size)
         model = build_teacher(tokenizer, labels, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
         fit_teacher(model, tokenizer, sentences, [to_io(t, labels) if is_io else t for t in tags], epochs=epochs,
-                    log=log)
+                    learning_rate=learning_rate, log=log)
         model.save_pretrained(staging)
     return out_dir
 
@@ -126,17 +129,23 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=4000)
+    parser.add_argument("--tokenizer-data", nargs="+", metavar="JSONL",
+                        help="JSONL files whose sentences train the tokenizer (default: --data)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="constant after a short warm-up (default 1e-3; lower it for wider models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if --output exists")
     args = parser.parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
         raise PipelineError(f"{args.output} already exists; use --overwrite to rebuild it.")
     examples = read_examples(args.data)
+    tokenizer_sentences = [list(e.tokens) for path in args.tokenizer_data or [] for e in read_examples(path)]
     started = time.time()
     out = make_teacher([list(e.tokens) for e in examples], [list(e.tags) for e in examples], Path(args.output),
                        layers=args.layers, hidden=args.hidden, heads=args.heads, intermediate=args.intermediate,
-                       vocab_size=args.vocab_size, epochs=args.epochs, seed=args.seed)
+                       vocab_size=args.vocab_size, epochs=args.epochs, seed=args.seed,
+                       tokenizer_sentences=tokenizer_sentences or None, learning_rate=args.learning_rate)
     print(f"Demo teacher written to {out} in {time.time() - started:.0f}s (labels {', '.join(TEACHER_LABELS)}).")
     return 0
 

@@ -1,0 +1,171 @@
+"""vocabulary.py: trimmed tokenizers segment like the teacher's, trimmed embeddings give the same
+logits, Unigram (CamemBERT, XLM-R) and WordPiece (BERT) supported, bad input named."""
+import copy
+import json
+import tempfile
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+from conftest import SHARED_DATA
+from data_loader import collate_windows, encode_sentences, read_examples
+from tools.make_demo_teacher import build_teacher
+from utils import PipelineError
+from vocabulary import (kept_ids, read_vocabulary_texts, teacher_to_student_ids, tokenizer_kind, trim_embeddings,
+                        trim_tokenizer)
+
+
+def sentences(corpus: str, split: str, count: int) -> list[list[str]]:
+    return [list(e.tokens) for e in read_examples(SHARED_DATA / corpus / f"{split}.jsonl")[:count]]
+
+
+def pieces(tokenizer, sentence: list[str]) -> list[str]:
+    return tokenizer.convert_ids_to_tokens(tokenizer(sentence, is_split_into_words=True)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def trimmed(unigram_tokenizer, tmp_path_factory):
+    """The test teacher's tokenizer trimmed on real French (europeana and wikineural slices), saved and reloaded."""
+    kept_on = [sentences("europeana_fr", "val", 200), sentences("wikineural_fr", "val", 200)]
+    kept = kept_ids(unigram_tokenizer, kept_on)
+    folder = tmp_path_factory.mktemp("trimmed")
+    trim_tokenizer(unigram_tokenizer, kept).save_pretrained(folder)
+    return kept, AutoTokenizer.from_pretrained(folder), folder, kept_on
+
+
+def test_trimmed_unigram_segments_every_text_like_the_teacher(unigram_tokenizer, trimmed):
+    kept, student, folder, kept_on = trimmed
+    assert tokenizer_kind(unigram_tokenizer) == "Unigram"
+    assert len(student) == len(kept) < len(unigram_tokenizer)
+    for sentence in (s for source in kept_on for s in source):
+        assert pieces(student, sentence) == pieces(unigram_tokenizer, sentence)
+    # the saved tokenizer.json holds only the kept pieces
+    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    assert len(vocab) + sum(i >= len(vocab) for i in range(len(kept))) >= len(kept) and len(vocab) <= len(kept)
+    assert {p for p, _ in vocab} <= set(unigram_tokenizer.get_vocab())
+
+
+def test_special_tokens_keep_their_role_and_the_padding_id(unigram_tokenizer, trimmed):
+    kept, student, _, _ = trimmed
+    assert student.pad_token_id == unigram_tokenizer.pad_token_id     # positions are numbered from it
+    for name in ("pad_token", "unk_token", "bos_token", "eos_token", "mask_token", "cls_token", "sep_token"):
+        assert getattr(student, name) == getattr(unigram_tokenizer, name)
+        assert kept[getattr(student, f"{name}_id")] == getattr(unigram_tokenizer, f"{name}_id")
+    ids = student(["Jean"], is_split_into_words=True)["input_ids"]
+    assert ids[0] == student.bos_token_id and ids[-1] == student.eos_token_id
+
+
+def test_new_text_still_tokenizes(unigram_tokenizer, trimmed):
+    _, student, _, _ = trimmed
+    unseen = sentences("wikiner_fr", "test", 200)
+    for sentence in unseen:
+        encoding = student(sentence, is_split_into_words=True)
+        words = [w for w in encoding.word_ids() if w is not None]
+        assert set(words) == set(range(len(sentence)))                  # every word got a piece
+    unknown = lambda tok: sum(i == tok.unk_token_id for s in unseen for i in tok(s, is_split_into_words=True)["input_ids"])
+    assert unknown(student) == unknown(unigram_tokenizer)              # single characters cover the rest
+
+
+def test_trimmed_embeddings_give_the_teacher_logits(unigram_tokenizer, trimmed):
+    kept, student, _, kept_on = trimmed
+    torch.manual_seed(0)
+    model = build_teacher(unigram_tokenizer, layers=2, hidden=32, heads=2, intermediate=64).eval()
+    small = copy.deepcopy(model)
+    trim_embeddings(small, kept)
+    assert small.config.vocab_size == len(kept) and small.config.pad_token_id == student.pad_token_id
+    assert small.base_model.embeddings.word_embeddings.weight.shape == (len(kept), 32)
+    batch = collate_windows(encode_sentences(unigram_tokenizer, kept_on[0][:24], 48), unigram_tokenizer.pad_token_id)
+    lookup = teacher_to_student_ids(unigram_tokenizer, student)
+    own = collate_windows(encode_sentences(student, kept_on[0][:24], 48), student.pad_token_id)
+    assert torch.equal(lookup[batch.input_ids], own.input_ids)       # the lookup is what the student's tokenizer gives
+    assert (batch.attention_mask == 0).any()                           # padding in the batch
+    with torch.no_grad():
+        expected = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        got = small(input_ids=own.input_ids, attention_mask=own.attention_mask).logits
+    assert torch.equal(got, expected)
+
+
+def test_lookup_sends_unkept_pieces_to_unknown_and_refuses_a_foreign_student(unigram_tokenizer, trimmed):
+    kept, student, _, _ = trimmed
+    lookup = teacher_to_student_ids(unigram_tokenizer, student)
+    assert lookup.shape == (len(unigram_tokenizer),)
+    assert lookup[torch.tensor(kept)].tolist() == list(range(len(kept)))
+    dropped = sorted(set(range(len(unigram_tokenizer))) - set(kept))
+    assert dropped and set(lookup[torch.tensor(dropped)].tolist()) == {student.unk_token_id}
+    with pytest.raises(PipelineError, match="teacher.model_name"):
+        teacher_to_student_ids(student, _wordpiece_tokenizer())
+
+
+def _train_tokenizer(model, trainer, texts, **fast_options):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.BertNormalizer(lowercase=False)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator(texts, trainer)
+    return backend
+
+
+def _wordpiece_tokenizer():
+    from tokenizers import models, processors, trainers
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    texts = [" ".join(s) for s in sentences("europeana_fr", "train", 400)]
+    backend = _train_tokenizer(models.WordPiece(unk_token="[UNK]"),
+                               trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials), texts)
+    backend.post_processor = processors.BertProcessing(("[SEP]", backend.token_to_id("[SEP]")),
+                                                       ("[CLS]", backend.token_to_id("[CLS]")))
+    built = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                              sep_token="[SEP]", mask_token="[MASK]", do_lower_case=False)
+    with tempfile.TemporaryDirectory() as folder:  # loaded from a folder, as a teacher is
+        built.save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def test_wordpiece_trims_with_the_same_greedy_segmentation(tmp_path):
+    teacher = _wordpiece_tokenizer()
+    assert tokenizer_kind(teacher) == "WordPiece"
+    kept_on = sentences("europeana_fr", "val", 150) + sentences("hipe2020_fr", "val", 150)
+    kept_on.append(["Anticonstitution\u03a9nellement", "Paris\u2603"])     # words that end as [UNK]
+    kept = kept_ids(teacher, [kept_on])
+    trim_tokenizer(teacher, kept).save_pretrained(tmp_path)
+    student = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(student) == len(kept) < len(teacher)
+    assert pieces(teacher, kept_on[-1]).count("[UNK]") >= 1
+    for sentence in kept_on:
+        assert pieces(student, sentence) == pieces(teacher, sentence)
+    ids = student(["Paris"], is_split_into_words=True)["input_ids"]
+    assert (ids[0], ids[-1]) == (student.cls_token_id, student.sep_token_id) and student.pad_token_id == 0
+
+
+def test_other_tokenizer_kinds_are_refused_by_name():
+    from tokenizers import models, trainers
+    backend = _train_tokenizer(models.BPE(unk_token="<unk>"), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]),
+                               [" ".join(s) for s in sentences("europeana_fr", "train", 100)])
+    bpe = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    with pytest.raises(PipelineError, match="BPE tokenizer; trimming supports Unigram and WordPiece"):
+        kept_ids(bpe, [[["Paris"]]])
+
+
+def test_vocabulary_files_are_read_as_inference_reads_text(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes("\ufeffMme Durand, vue au CMP.\n\n   \nRAS.\r\n".encode("utf-8"))
+    assert list(read_vocabulary_texts(notes)) == [["Mme", "Durand", ",", "vue", "au", "CMP", "."], ["RAS", "."]]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a file"),
+    (b"ok\nvu le 3 mai \xe9t\xe9\n", "notes.txt:2: not UTF-8 text"),
+    (b"ok\n\x00\x01\x02\n", "notes.txt:2: a NUL byte"),
+])
+def test_bad_vocabulary_files_are_named_with_the_line(tmp_path, content, message):
+    notes = tmp_path / "notes.txt"
+    if content is not None:
+        notes.write_bytes(content)
+    with pytest.raises(PipelineError, match=message) as error:
+        list(read_vocabulary_texts(notes))
+    assert "student.vocabulary_files" in str(error.value) and "mai" not in str(error.value)
+
+
+def test_a_directory_is_not_a_vocabulary_file(tmp_path):
+    with pytest.raises(PipelineError, match="is not a file"):
+        list(read_vocabulary_texts(tmp_path))
