@@ -3,7 +3,7 @@ import pytest
 
 import benchmark
 from conftest import read_json
-from models import count_parameters, heads_per_layer
+from models import count_parameters, heads_per_layer, neurons_per_layer
 from utils import PipelineError
 
 
@@ -14,6 +14,11 @@ def test_camembert_base_shapes_give_the_expected_parameter_counts():
     # 10 layers, 7 BIO labels and a CRF: 95,861,062; minus 30 heads of 196,800 weights each
     assert count_parameters(student) == 95_861_062 - 30 * 196_800 == 89_957_062
     assert sum(heads_per_layer(student)) == 90 and min(heads_per_layer(student)) >= 1
+    compact = benchmark.build_like("camembert-base", 10, 0.25, ffn_rate=0.3, vocab_size=16_000)
+    # minus 922 of 3072 FFN neurons in each of 10 layers (768 + 768 + 1 weights each), and
+    # 32,005 - 16,000 embedding rows of 768
+    assert neurons_per_layer(compact) == [3072 - 922] * 10
+    assert count_parameters(compact) == 89_957_062 - 10 * 922 * 1537 - 16_005 * 768 == 63_494_082
 
 
 def test_rows_run_in_their_own_processes_with_ratios_to_the_first(tmp_path, capsys):
@@ -31,6 +36,31 @@ def test_rows_run_in_their_own_processes_with_ratios_to_the_first(tmp_path, caps
     table = capsys.readouterr().out
     first = next(line for line in table.splitlines() if line.startswith("| teacher (camembert-tiny, random)"))
     assert [cell.strip() for cell in first.split("|")][2:6:3] == ["fp32", "1.00"]
+
+
+def test_the_compact_student_is_measured_beside_the_plain_one(tmp_path):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--like", "camembert-tiny", "--layers", "3", "--prune-rate", "0.25", "--ffn-rate", "0.5",
+                           "--vocab-size", "4000", "--sentences", "16", "--repeats", "1", "--rounds", "1",
+                           "--latency-sentences", "2", "--precision", "fp32", "int8", "--output", str(out)]) == 0
+    rows = read_json(out)["rows"]
+    assert [(r["label"].split(" (")[0], r["precision"]) for r in rows] == \
+        [("teacher", "fp32"), ("student", "fp32"), ("student", "int8"),
+         ("compact student", "fp32"), ("compact student", "int8")]
+    assert all("error" not in r for r in rows)
+    # camembert-tiny: 64 hidden, 128 FFN neurons, 8,000 pieces; 3 layers keep 64 neurons and 4,000 pieces
+    assert rows[1]["parameters"] - rows[3]["parameters"] == 3 * 64 * (64 + 64 + 1) + 4000 * 64
+    assert "50% FFN neurons, vocabulary 4000" in rows[3]["label"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "x", "--ffn-rate", "0.3"], "shape the compact student that --like builds"),
+    (["--like", "camembert-tiny", "--ffn-rate", "1.2"], r"--ffn-rate 1.2: give the share"),
+    (["--like", "camembert-tiny", "--vocab-size", "9000"], "between 1 and camembert-tiny's 8000"),
+])
+def test_bad_compact_flags(extra, message):
+    with pytest.raises(PipelineError, match=message):
+        benchmark.main(extra)
 
 
 def test_training_step_ratio(tmp_path):

@@ -71,3 +71,65 @@ def test_interrupted_finetuning_resumes_to_the_same_model(tmp_path, europeana, i
     b, _ = load_model(tmp_path / "b")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert heads_per_layer(b) == heads_per_layer(a)
+
+
+@pytest.fixture(scope="module")
+def compact_artifact(tmp_path_factory, europeana, io_teacher):
+    """Stage 1 with a trimmed vocabulary (half an epoch), then heads and FFN neurons pruned."""
+    import train_kd
+    folder = tmp_path_factory.mktemp("compact")
+    config = write_config(folder / "config.yaml", europeana, io_teacher, student={"trim_vocabulary": True},
+                          training={"max_epochs": 1})
+    assert train_kd.main(["--config", str(config), "--output", str(folder / "student")]) == 0
+    assert prune_heads.main(["--config", str(config), "--model", str(folder / "student"),
+                             "--output", str(folder / "pruned"), "--ffn-rate", "0.3"]) == 0
+    return folder / "pruned"
+
+
+def test_a_compact_student_finetunes_with_the_teacher_and_resumes_exactly(tmp_path, europeana, io_teacher,
+                                                                           compact_artifact, monkeypatch):
+    from models import neurons_per_layer
+    from transformers import AutoTokenizer
+    compact, tokenizer = load_model(compact_artifact)
+    assert len(tokenizer) < len(AutoTokenizer.from_pretrained(io_teacher))      # the teacher's vocabulary is larger
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher, finetune={"learning_rate": 1e-3})
+    args = ["--config", str(config), "--model", str(compact_artifact), "--epochs", "1"]
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "a")]) == 0
+    final, _ = load_model(tmp_path / "a")
+    assert neurons_per_layer(final) == neurons_per_layer(compact) and sum(neurons_per_layer(final)) < 3 * 128
+    assert final.config.vocab_size == compact.config.vocab_size
+    log = (tmp_path / "a" / "training_log.jsonl").read_text().splitlines()
+    assert '"kd"' in log[0]                                         # distilled through the id lookup
+    monkeypatch.setattr(training, "StopFlag", StopAfterThree)
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "b")]) == 130
+    monkeypatch.setattr(training, "StopFlag", StopAfterThree.__mro__[1])
+    assert finetune_postprune.main(args + ["--output", str(tmp_path / "b"), "--resume"]) == 0
+    resumed, _ = load_model(tmp_path / "b")
+    assert all(torch.equal(p, q) for p, q in zip(final.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_compact_student_exports_to_int8(compact_artifact, tmp_path, europeana):
+    import shutil
+    import numpy as np
+    import precision
+    from data_loader import read_examples
+    from decoding import predict
+    copy = shutil.copytree(compact_artifact, tmp_path / "compact")
+    model, tokenizer = load_model(copy)
+    threads = torch.get_num_threads()
+    try:
+        int8, _ = precision.for_inference(model, str(copy), "int8", torch.device("cpu"))
+        sentences = [list(e.tokens) for e in read_examples(europeana / "val.jsonl")[:60]]
+        fp32, quantized = predict(model, tokenizer, sentences), predict(int8, tokenizer, sentences)
+    finally:
+        torch.set_num_threads(threads)
+    agree = np.mean([a == b for p, q in zip(fp32, quantized) for a, b in zip(p.tags, q.tags)])
+    assert (copy / "model.int8.onnx").is_file() and agree > 0.97
+
+
+def test_a_teacher_that_lacks_the_students_pieces_is_refused(tmp_path, europeana, bio_teacher, compact_artifact):
+    config = write_config(tmp_path / "config.yaml", europeana, bio_teacher)
+    with pytest.raises(PipelineError, match="does not share the student's vocabulary"):
+        finetune_postprune.main(["--config", str(config), "--model", str(compact_artifact),
+                                 "--output", str(tmp_path / "out"), "--epochs", "1"])
+    assert not (tmp_path / "out").exists()

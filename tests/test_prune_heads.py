@@ -1,4 +1,5 @@
 """prune_heads.py on a stage-1 artifact: outputs, reload, re-pruning, and refusals that write nothing."""
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,51 @@ def test_an_existing_output_is_kept(tmp_path, tiny_config, stage1_artifact):
     with pytest.raises(PipelineError, match="already exists and is not empty"):
         prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(out)])
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_ffn_neurons_are_pruned_recorded_and_pruned_again(tmp_path, tiny_config, stage1_artifact):
+    from models import neurons_per_layer
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(once),
+                             "--ffn-rate", "0.25"]) == 0
+    model, tokenizer = load_model(once)
+    assert sum(neurons_per_layer(model)) == 384 - 96 and sum(heads_per_layer(model)) == 9
+    record = read_json(once / "ffn_pruned_mask.json")
+    assert record["neurons_before"] == [128] * 3 and record["neurons_after"] == neurons_per_layer(model)
+    assert record["pruned_this_run"] == record["pruned_total"] == 96
+    assert {int(l): tuple(n) for l, n in record["pruned_neurons"].items()} == model.info.pruned_neurons
+    assert len(record["importance_per_layer"]) == 1 and len(record["importance_per_layer"][0]) == 3
+    summary = read_json(once / "pruning_summary.json")
+    assert summary["ffn_neurons_per_layer"] == {"before": [128] * 3, "after": neurons_per_layer(model)}
+    assert read_json(once / "heads_pruned_mask.json")["pruned_this_run"] == 3
+
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(once), "--output", str(twice),
+                             "--rate", "0.2", "--ffn-rate", "0.25"]) == 0
+    again, _ = load_model(twice)
+    assert sum(neurons_per_layer(again)) == 288 - 72 and sum(heads_per_layer(again)) == 7
+    first = {int(l): set(n) for l, n in record["pruned_neurons"].items()}
+    assert all(first[l] <= set(again.info.pruned_neurons[l]) for l in first)
+    assert predict(again, tokenizer, SENTENCES) == predict(load_model(twice)[0], tokenizer, SENTENCES)
+
+
+def test_the_plain_pipeline_writes_no_ffn_record(tmp_path, tiny_config, stage1_artifact):
+    out = tmp_path / "pruned"
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(out)]) == 0
+    assert not (out / "ffn_pruned_mask.json").exists()
+    assert "ffn_neurons_per_layer" not in read_json(out / "pruning_summary.json")
+    assert "pruned_neurons" not in read_json(out / "config.json")["ner_pipeline"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ffn-rate", "1.0"], r"FFN pruning rate \(pruning.ffn_rate, --ffn-rate\) 1.0 is outside \[0, 1\)"),
+    (["--ffn-rate", "0.2", "--set", "pruning.min_ffn_neurons_per_layer=200"], "larger than layer 0's 128"),
+    (["--set", "pruning.ffn_rate=-0.1"], r"pruning.ffn_rate: expected a number >= 0 and < 1"),
+])
+def test_bad_ffn_settings_write_nothing(tmp_path, tiny_config, stage1_artifact, extra, message):
+    out = tmp_path / "pruned"
+    result = subprocess.run([sys.executable, "prune_heads.py", "--config", str(tiny_config), "--model",
+                             str(stage1_artifact), "--output", str(out), *extra],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -126,3 +126,68 @@ def test_impossible_rates_are_explained(rate, minimum, message):
     with pytest.raises(PipelineError, match=message):
         plan_prune_count([4, 4, 4], rate, minimum)
     assert plan_prune_count([4, 4, 4], 0.25, 1) == 3
+
+
+# ---------------------------------------------------------------------------
+# FFN neurons
+
+def test_gating_neurons_to_zero_equals_removing_them(tmp_path, student, val_batches):
+    from models import neurons_per_layer, remove_ffn_neurons
+    from pruning import NeuronGates
+    model, tokenizer = student
+    neurons = {0: [3, 17, 100], 2: list(range(0, 128, 2))}
+    gates = torch.ones(3, 128)
+    for layer, removed in neurons.items():
+        gates[layer, removed] = 0
+    with NeuronGates(model, gates):
+        gated = logits(model, val_batches)
+    before = logits(model, val_batches)
+    remove_ffn_neurons(model, neurons)
+    assert neurons_per_layer(model) == [125, 128, 64]
+    removed = logits(model, val_batches)
+    assert torch.allclose(removed, gated, atol=1e-5) and not torch.allclose(removed, before, atol=1e-3)
+    save_model(model, tokenizer, tmp_path / "pruned")
+    reloaded, _ = load_model(tmp_path / "pruned")
+    assert neurons_per_layer(reloaded) == [125, 128, 64] and torch.allclose(logits(reloaded, val_batches), removed)
+    with pytest.raises(PipelineError, match="already pruned"):
+        remove_ffn_neurons(reloaded, {0: [17]})
+    with pytest.raises(PipelineError, match="cannot remove all"):
+        remove_ffn_neurons(reloaded, {2: list(range(1, 128, 2))})
+
+
+def test_ffn_rate_zero_leaves_heads_scores_and_model_as_they_were(student, val_batches):
+    from pruning import importance_scores
+    model, _ = student
+    alone = head_importance(model, val_batches, "cpu")
+    heads, neurons = importance_scores(model, val_batches, "cpu", neurons=True)
+    assert torch.allclose(heads, alone, atol=1e-6, equal_nan=True) and neurons.shape == (3, 128)
+    assert torch.allclose(neurons.norm(dim=1), torch.ones(3))
+    before = logits(model, val_batches)
+    steps = prune_model(model, val_batches, rate=0.0, ffn_rate=0.0, log=lambda *a: None)
+    assert steps[0].neuron_importance is None and steps[0].pruned_neurons == {}
+    assert torch.equal(logits(model, val_batches), before)
+
+
+def test_neurons_are_pruned_with_the_heads_in_rounds_above_the_floor(student, val_batches):
+    from models import neurons_per_layer
+    model, _ = student
+    steps = prune_model(model, val_batches, rate=0.25, steps=2, ffn_rate=0.3, min_ffn_neurons_per_layer=80,
+                        log=lambda *a: None)
+    assert [sum(map(len, s.pruned_neurons.values())) for s in steps] == [58, 57]   # round(0.3 * 384) = 115
+    assert [sum(map(len, s.pruned.values())) for s in steps] == [2, 1]
+    assert sum(neurons_per_layer(model)) == 384 - 115 and min(neurons_per_layer(model)) >= 80
+    first = [(l, n) for l, ns in steps[0].pruned_neurons.items() for n in ns]
+    assert all(math.isnan(steps[1].neuron_importance[l, n]) for l, n in first)
+    assert int(torch.isnan(steps[1].neuron_importance).sum()) == 58
+
+
+def test_neuron_counts_are_checked_before_any_work():
+    from pruning import plan_neuron_count
+    assert plan_neuron_count([128, 128], 0.25, 64) == 64
+    assert plan_neuron_count([128, 128], 0.0, 500) == 0            # the floor only matters when pruning
+    with pytest.raises(PipelineError, match=r"pruning.min_ffn_neurons_per_layer=200 is larger than layer 0"):
+        plan_neuron_count([128, 128], 0.1, 200)
+    with pytest.raises(PipelineError, match=r"FFN pruning rate \(pruning.ffn_rate, --ffn-rate\) 1.5 is outside"):
+        plan_neuron_count([128, 128], 1.5, 1)
+    with pytest.raises(PipelineError, match="allows at most 64"):
+        plan_neuron_count([128, 128], 0.6, 96)

@@ -196,3 +196,56 @@ def test_a_training_step_never_waits_for_the_device(io_teacher, europeana):
     assert set(terms) == {"ce", "kd", "hidden", "crf"} and "aten::addmm" in ops
     assert not ops & {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}, \
         ops & {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
+
+
+def test_a_trimmed_vocabulary_student_segments_like_the_teacher_and_resumes_exactly(tmp_path, europeana, io_teacher,
+                                                                                     monkeypatch, capsys):
+    from transformers import AutoTokenizer
+    from conftest import SHARED_DATA
+    from data_loader import read_examples
+    from vocabulary import read_vocabulary_texts
+    notes = tmp_path / "notes.txt"                       # unlabelled domain text: its pieces are kept too
+    notes.write_text("".join(" ".join(e.tokens) + "\n" for e in read_examples(SHARED_DATA / "wikiner_fr" / "val.jsonl")[:40]),
+                     encoding="utf-8")
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
+                          student={"trim_vocabulary": True, "vocabulary_files": [str(notes)]},
+                          training={"max_epochs": 1, "checkpoint_every_steps": 4})
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train_kd.main(["--config", str(config), "--output", str(straight)]) == 0
+    assert "Vocabulary trimmed from" in capsys.readouterr().out
+
+    teacher_tokenizer = AutoTokenizer.from_pretrained(io_teacher)
+    model, tokenizer = load_model(straight)
+    assert len(tokenizer) < len(teacher_tokenizer) and model.config.vocab_size == len(tokenizer)
+    assert model.config.pad_token_id == tokenizer.pad_token_id == teacher_tokenizer.pad_token_id
+    texts = [list(e.tokens) for name in ("train", "val", "test") for e in read_examples(europeana / f"{name}.jsonl")]
+    texts += list(read_vocabulary_texts(notes))
+    segment = lambda tok, words: tok.convert_ids_to_tokens(tok(words, is_split_into_words=True)["input_ids"])
+    assert all(segment(tokenizer, words) == segment(teacher_tokenizer, words) for words in texts)
+    summary = read_json(straight / "training_summary.json")
+    assert summary["parameters"]["student"] == sum(p.numel() for p in model.parameters())
+
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck)
+    assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
+    assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
+    resumed, _ = load_model(interrupted)
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), resumed.state_dict().values()))
+    sentences = [["Le", "maire", "de", "Rennes", ",", "M.", "Janvier", ",", "est", "venu", "."]]
+    assert len(predict(resumed, tokenizer, sentences)[0].tags) == len(sentences[0])
+
+
+def test_bad_vocabulary_files_stop_stage_one_before_anything_is_written(tmp_path, europeana, io_teacher):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"premi\xe8re ligne\n")
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
+                          student={"trim_vocabulary": True, "vocabulary_files": [str(notes)]})
+    result = run_script("train_kd.py", "--config", config, "--output", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{notes}:1: not UTF-8 text" in result.stderr and "premi" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    missing = write_config(tmp_path / "missing.yaml", europeana, io_teacher,
+                           student={"trim_vocabulary": True, "vocabulary_files": [str(tmp_path / "absent.txt")]})
+    result = run_script("train_kd.py", "--config", missing, "--output", tmp_path / "out")
+    assert result.returncode == 2 and "student.vocabulary_files[0]: no such file" in result.stderr
+    assert not (tmp_path / "out").exists()
