@@ -39,25 +39,48 @@ def europeana(tmp_path_factory) -> Path:
     return folder
 
 
-def _make_teacher(folder: Path, sentences: int, epochs: int, labels=None) -> Path:
+# Everything that decides what a fixture teacher is: the code that builds and trains it, the
+# packages that compute it. A change to any of them builds it anew.
+TEACHER_SOURCES = ("tools/make_demo_teacher.py", "data_loader.py", "losses.py", "decoding.py", "models.py",
+                   "utils.py", "tests/conftest.py")
+
+
+def _make_teacher(request, name: str, sentences: int, epochs: int, labels=None) -> Path:
+    """Train a tiny teacher on the first `sentences` of europeana_fr's train set, once: the result
+    is kept in pytest's cache folder (.pytest_cache, not committed) under a key made of all that
+    decides it, so a second run of the suite on the same code reuses it. A clean checkout (CI)
+    builds it, in seconds."""
+    import hashlib
+    import importlib.metadata
     from data_loader import read_examples
     from make_demo_teacher import make_teacher
+    with (EUROPEANA / "train.jsonl").open("rb") as data:
+        lines = b"".join(line for _, line in zip(range(sentences), data))
+    key = hashlib.sha256(lines)
+    for source in TEACHER_SOURCES:
+        key.update((REPO / source).read_bytes())
+    key.update(repr((sentences, epochs, labels, sorted(TINY_TEACHER.items()))).encode())
+    key.update(repr([importlib.metadata.version(p) for p in ("torch", "transformers", "tokenizers",
+                                                              "sentencepiece")]).encode())
+    folder = request.config.cache.mkdir("ner_teachers") / f"{name}-{key.hexdigest()[:20]}"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
     examples = read_examples(EUROPEANA / "train.jsonl")[:sentences]
     return make_teacher([list(e.tokens) for e in examples], [list(e.tags) for e in examples], folder,
                         epochs=epochs, seed=0, log=lambda *a: None, labels=labels, **TINY_TEACHER)
 
 
 @pytest.fixture(scope="session")
-def io_teacher(tmp_path_factory, europeana) -> Path:
+def io_teacher(request, europeana) -> Path:
     """A teacher shaped like Jean-Baptiste/camembert-ner (IO labels O, I-LOC, I-PER, I-MISC, I-ORG),
     trained enough to reach a val F1 of about 0.3 on europeana_fr."""
-    return _make_teacher(tmp_path_factory.mktemp("teachers") / "io_teacher", 2000, 2)
+    return _make_teacher(request, "io_teacher", 2000, 2)
 
 
 @pytest.fixture(scope="session")
-def bio_teacher(tmp_path_factory, europeana) -> Path:
+def bio_teacher(request, europeana) -> Path:
     """A teacher with exactly the student's BIO labels (full-label KD); barely trained."""
-    return _make_teacher(tmp_path_factory.mktemp("teachers") / "bio_teacher", 300, 1, labels=BIO_LABELS)
+    return _make_teacher(request, "bio_teacher", 300, 1, labels=BIO_LABELS)
 
 
 def write_config(path: Path, data: Path, teacher: Path, **sections) -> Path:

@@ -266,3 +266,10 @@ def test_every_config_key_has_a_readme_row():
             if key not in (in_yaml.get(section) or {}):
                 no_line.append(f"{section}.{key}")
     assert (no_row, no_line) == ([], [])
+
+
+def test_the_compact_config_is_the_main_one_plus_two_keys():
+    main = load_config(MAIN_CONFIG, check_files=False)
+    compact = load_config(MAIN_CONFIG.with_name("kd_camembert_compact.yaml"), check_files=False)
+    assert compact == dataclasses.replace(main, student=dataclasses.replace(main.student, trim_vocabulary=True),
+                                          pruning=dataclasses.replace(main.pruning, ffn_rate=0.3))
