@@ -26,7 +26,7 @@ from transformers.pytorch_utils import prune_linear_layer
 from utils import PipelineError, publishing
 
 PIPELINE_KEY = "ner_pipeline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: FFN neurons pruned (records without them are still written as 1)
 WEIGHTS_NAME = "model.safetensors"
 # Byte-level BPE tokenizers need a prefix space to encode pre-split words.
 PREFIX_SPACE_MODEL_TYPES = {"roberta", "longformer"}
@@ -163,7 +163,9 @@ class PipelineInfo:
         if not record["pruned_neurons"]:
             del record["pruned_neurons"]  # models without FFN pruning keep the record they always had
         record["labels"], record["teacher_layers"] = list(self.labels), list(self.teacher_layers)
-        record["format_version"] = FORMAT_VERSION
+        # a record older code can read is written as version 1, so that it stays readable there;
+        # older code refuses version 2 as "written by a newer version" instead of misreading it
+        record["format_version"] = FORMAT_VERSION if self.pruned_neurons else 1
         return record
 
     @classmethod
@@ -449,6 +451,8 @@ def remove_ffn_neurons(model: NERModel, neurons: dict[int, list[int]]) -> None:
         if not original_neurons:
             continue
         remaining, removing = alive[layer_id], set(original_neurons)
+        if len(removing) != len(original_neurons):
+            raise PipelineError(f"layer {layer_id}: an FFN neuron is listed twice.")
         unknown = removing - set(remaining)
         if unknown:
             raise PipelineError(f"layer {layer_id}: {len(unknown)} of the FFN neurons to remove are already "

@@ -62,7 +62,9 @@ def _make_teacher(request, name: str, sentences: int, epochs: int, labels=None) 
     key.update(repr((sentences, epochs, labels, sorted(TINY_TEACHER.items()))).encode())
     key.update(repr([importlib.metadata.version(p) for p in ("torch", "transformers", "tokenizers",
                                                               "sentencepiece")]).encode())
-    folder = request.config.cache.mkdir("ner_teachers") / f"{name}-{key.hexdigest()[:20]}"
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("ner_teachers") if cache else request.getfixturevalue("tmp_path_factory").mktemp("teachers")
+    folder = root / f"{name}-{key.hexdigest()[:20]}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
     examples = read_examples(EUROPEANA / "train.jsonl")[:sentences]

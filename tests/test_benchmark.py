@@ -42,15 +42,14 @@ def test_the_compact_student_is_measured_beside_the_plain_one(tmp_path):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--like", "camembert-tiny", "--layers", "3", "--prune-rate", "0.25", "--ffn-rate", "0.5",
                            "--vocab-size", "4000", "--sentences", "16", "--repeats", "1", "--rounds", "1",
-                           "--latency-sentences", "2", "--precision", "fp32", "int8", "--output", str(out)]) == 0
-    rows = read_json(out)["rows"]
+                           "--latency-sentences", "2", "--precision", "fp32", "--output", str(out)]) == 0
+    rows = read_json(out)["rows"]       # (int8 of uneven shapes: test_finetune_postprune.py)
     assert [(r["label"].split(" (")[0], r["precision"]) for r in rows] == \
-        [("teacher", "fp32"), ("student", "fp32"), ("student", "int8"),
-         ("compact student", "fp32"), ("compact student", "int8")]
+        [("teacher", "fp32"), ("student", "fp32"), ("compact student", "fp32")]
     assert all("error" not in r for r in rows)
     # camembert-tiny: 64 hidden, 128 FFN neurons, 8,000 pieces; 3 layers keep 64 neurons and 4,000 pieces
-    assert rows[1]["parameters"] - rows[3]["parameters"] == 3 * 64 * (64 + 64 + 1) + 4000 * 64
-    assert "50% FFN neurons, vocabulary 4000" in rows[3]["label"]
+    assert rows[1]["parameters"] - rows[2]["parameters"] == 3 * 64 * (64 + 64 + 1) + 4000 * 64
+    assert "50% FFN neurons, vocabulary 4000" in rows[2]["label"]
 
 
 @pytest.mark.parametrize("extra, message", [

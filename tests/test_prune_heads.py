@@ -117,7 +117,8 @@ def test_the_plain_pipeline_writes_no_ffn_record(tmp_path, tiny_config, stage1_a
     assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(out)]) == 0
     assert not (out / "ffn_pruned_mask.json").exists()
     assert "ffn_neurons_per_layer" not in read_json(out / "pruning_summary.json")
-    assert "pruned_neurons" not in read_json(out / "config.json")["ner_pipeline"]
+    record = read_json(out / "config.json")["ner_pipeline"]
+    assert "pruned_neurons" not in record and record["format_version"] == 1      # readable by older code
 
 
 @pytest.mark.parametrize("extra, message", [

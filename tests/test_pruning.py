@@ -153,6 +153,10 @@ def test_gating_neurons_to_zero_equals_removing_them(tmp_path, student, val_batc
         remove_ffn_neurons(reloaded, {0: [17]})
     with pytest.raises(PipelineError, match="cannot remove all"):
         remove_ffn_neurons(reloaded, {2: list(range(1, 128, 2))})
+    with pytest.raises(PipelineError, match="listed twice"):
+        remove_ffn_neurons(reloaded, {1: [5, 5]})
+    import json
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["ner_pipeline"]["format_version"] == 2
 
 
 def test_ffn_rate_zero_leaves_heads_scores_and_model_as_they_were(student, val_batches):
