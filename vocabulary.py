@@ -34,7 +34,7 @@ from data_loader import split_words
 from utils import PipelineError
 
 SUPPORTED_KINDS = ("Unigram", "WordPiece")  # CamemBERT and XLM-R; BERT
-CHUNK_SENTENCES = 2048
+CHUNK_WORDS = 4096
 METASPACE = "\u2581"
 
 
@@ -74,55 +74,67 @@ def read_vocabulary_texts(path: str | Path) -> Iterator[list[str]]:
 
 def pieces_used(tokenizer, sentences: Iterable[list[str]]) -> set[int]:
     """Teacher ids of the pieces that pre-split sentences encode to (streamed in chunks)."""
-    return {i for chunk in _chunks(sentences) for i in _encode(tokenizer, chunk)}
+    return {i for words in _new_words([sentences]) for i in _encode(tokenizer, words)}
 
 
-def _chunks(sentences: Iterable[list[str]]) -> Iterator[list[list[str]]]:
-    chunk: list[list[str]] = []
-    for sentence in sentences:
-        chunk.append(sentence)
-        if len(chunk) == CHUNK_SENTENCES:
-            yield chunk
-            chunk = []
+def _new_words(sources: Iterable[Iterable[list[str]]]) -> Iterator[list[str]]:
+    """Every distinct word of the sentences of `sources`, once, in chunks of CHUNK_WORDS.
+
+    Encoding distinct words only gives the same pieces as encoding the sentences (see
+    `_encode`) about ten times faster: a corpus repeats its words. Only the words seen so far
+    are held, never the encodings.
+    """
+    seen: set[str] = set()
+    chunk: list[str] = []
+    for sentences in sources:
+        for sentence in sentences:
+            for word in sentence:
+                if word not in seen:
+                    seen.add(word)
+                    chunk.append(word)
+                    if len(chunk) == CHUNK_WORDS:
+                        yield chunk
+                        chunk = []
     if chunk:
         yield chunk
 
 
-def _encode(tokenizer, sentences: list[list[str]]) -> set[int]:
-    sentences = [s for s in sentences if s]
-    if not sentences:
-        return set()
-    encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-    return {i for ids in encoded["input_ids"] for i in ids}
+def _encode(tokenizer, words: list[str]) -> list[int]:
+    """The teacher ids of the words' pieces. A tokenizer given pre-split words normalizes,
+    pre-tokenizes and segments each word on its own, so a word has the same pieces here as
+    inside any sentence that training or inference encodes. (Not verbose: the chunk is far
+    longer than the model's window, which does not matter here and is no reason to warn.)"""
+    if not words:
+        return []
+    return tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def _wordpiece_accepted(tokenizer, model: dict, sentences: Iterable[list[str]]) -> set[int]:
+def _wordpiece_accepted(tokenizer, model: dict, words: Iterable[str]) -> set[int]:
     """Every piece WordPiece's greedy matcher accepts on the words, also in words that end as
     unknown: exactly the pieces a trimmed vocabulary needs to match the same way."""
     vocab, prefix = model["vocab"], model["continuing_subword_prefix"]
     longest = model["max_input_chars_per_word"]
     backend = tokenizer.backend_tokenizer
     accepted: set[int] = set()
-    for sentence in sentences:
-        for word in sentence:
-            text = backend.normalizer.normalize_str(word) if backend.normalizer else word
-            pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
-            for piece, _ in pieces:
-                if len(piece) > longest:
-                    continue
-                start = 0
-                while start < len(piece):
-                    end, match = len(piece), None
-                    while start < end:
-                        candidate = (prefix if start else "") + piece[start:end]
-                        if candidate in vocab:
-                            match = candidate
-                            break
-                        end -= 1
-                    if match is None:
+    for word in words:
+        text = backend.normalizer.normalize_str(word) if backend.normalizer else word
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        for piece, _ in pieces:
+            if len(piece) > longest:
+                continue
+            start = 0
+            while start < len(piece):
+                end, match = len(piece), None
+                while start < end:
+                    candidate = (prefix if start else "") + piece[start:end]
+                    if candidate in vocab:
+                        match = candidate
                         break
-                    accepted.add(vocab[match])
-                    start = end
+                    end -= 1
+                if match is None:
+                    break
+                accepted.add(vocab[match])
+                start = end
     return accepted
 
 
@@ -142,11 +154,10 @@ def kept_ids(tokenizer, sources: Iterable[Iterable[list[str]]]) -> list[int]:
     kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | _single_characters(kind, model)
     # the padding id keeps its value: RoBERTa-style models number positions from it
     kept |= set(range((tokenizer.pad_token_id or 0) + 1))
-    for sentences in sources:
-        for chunk in _chunks(sentences):
-            kept |= _encode(tokenizer, chunk)
-            if kind == "WordPiece":
-                kept |= _wordpiece_accepted(tokenizer, model, chunk)
+    for words in _new_words(sources):
+        kept.update(_encode(tokenizer, words))
+        if kind == "WordPiece":
+            kept |= _wordpiece_accepted(tokenizer, model, words)
     return sorted(kept)
 
 
