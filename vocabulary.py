@@ -7,7 +7,8 @@ text uses a part of those pieces. With `student.trim_vocabulary`, stage 1 keeps:
 - every piece the teacher's tokenizer produces on the train, val and test files and on the
   plain-text files of `student.vocabulary_files` (encoded as training and inference encode
   them: words first, then pieces),
-- every single-character piece, so that any new text still tokenizes.
+- every single-character piece, so that any new text still tokenizes (and, for Unigram, the
+  lowest-scoring piece, from which the score of an unknown character is derived).
 
 The kept teacher ids, sorted, become the student's ids 0, 1, 2...; every id up to the padding
 id is kept, so that the padding id, from which RoBERTa-style models number their positions,
@@ -22,6 +23,7 @@ through `teacher_to_student_ids`, so teacher and student always see the same sub
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -36,6 +38,7 @@ from utils import PipelineError
 SUPPORTED_KINDS = ("Unigram", "WordPiece")  # CamemBERT and XLM-R; BERT
 CHUNK_WORDS = 4096
 METASPACE = "\u2581"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback piece
 
 
 def _tokenizer_json(tokenizer) -> dict:
@@ -138,10 +141,21 @@ def _wordpiece_accepted(tokenizer, model: dict, words: Iterable[str]) -> set[int
     return accepted
 
 
-def _single_characters(kind: str, model: dict) -> set[int]:
-    """Ids of the one-character pieces (with or without the word-start or continuation mark)."""
+def _always_kept(kind: str, model: dict) -> set[int]:
+    """Ids kept whatever the text: the one-character pieces (with or without the word-start or
+    continuation mark), so that any new text still tokenizes, and for Unigram the byte pieces
+    of a byte-fallback model and the lowest-scoring piece. Unigram scores an unknown character
+    10 below its lowest-scoring piece (tokenizers' K_UNK_PENALTY); without that piece the
+    unknown score would rise and could change the segmentation of words with a character that
+    only longer pieces hold. (CamemBERT's lowest is <unk>NOTUSED, -100.)"""
     if kind == "Unigram":
-        return {i for i, (piece, _) in enumerate(model["vocab"]) if len(piece.removeprefix(METASPACE)) <= 1}
+        vocab = model["vocab"]
+        kept = {i for i, (piece, _) in enumerate(vocab) if len(piece.removeprefix(METASPACE)) <= 1}
+        if model.get("byte_fallback"):
+            kept |= {i for i, (piece, _) in enumerate(vocab) if _BYTE_PIECE.fullmatch(piece)}
+        if vocab:
+            kept.add(min(range(len(vocab)), key=lambda i: vocab[i][1]))
+        return kept
     prefix = model["continuing_subword_prefix"]
     return {i for piece, i in model["vocab"].items() if len(piece.removeprefix(prefix)) == 1}
 
@@ -151,7 +165,7 @@ def kept_ids(tokenizer, sources: Iterable[Iterable[list[str]]]) -> list[int]:
     sentence of `sources` (each an iterable of pre-split sentences) and single characters."""
     kind = tokenizer_kind(tokenizer)
     model = _tokenizer_json(tokenizer)["model"]
-    kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | _single_characters(kind, model)
+    kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | _always_kept(kind, model)
     # the padding id keeps its value: RoBERTa-style models number positions from it
     kept |= set(range((tokenizer.pad_token_id or 0) + 1))
     for words in _new_words(sources):

@@ -97,6 +97,52 @@ def test_lookup_sends_unkept_pieces_to_unknown_and_refuses_a_foreign_student(uni
         teacher_to_student_ids(student, _wordpiece_tokenizer())
 
 
+def _unigram(vocab, byte_fallback=False):
+    """A hand-made Unigram tokenizer (CamemBERT's pre-tokenization), loaded from a folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    backend = Tokenizer(models.Unigram(vocab, unk_id=1, byte_fallback=byte_fallback))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Metaspace(prepend_scheme="always")])
+    built = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                    eos_token="</s>")
+    with tempfile.TemporaryDirectory() as folder:
+        built.save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def _trimmed_pieces(teacher, kept, words):
+    with tempfile.TemporaryDirectory() as folder:
+        trim_tokenizer(teacher, kept).save_pretrained(folder)
+        return pieces(AutoTokenizer.from_pretrained(folder), words)
+
+
+SPECIALS = [("<pad>", 0.0), ("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)]
+
+
+def test_unigram_keeps_its_lowest_score_on_which_the_unknown_score_rests():
+    # "ç" is only in "▁çx": at its place Unigram may also put <unk>, scored 10 below the lowest
+    # piece. With "zzzz" (-100, as CamemBERT's <unk>NOTUSED) that costs -110 and "▁çx y z" (-45)
+    # wins; without it <unk> would cost -30 and "▁ <unk> xyz" (-32) would win.
+    teacher = _unigram(SPECIALS + [("zzzz", -100.0), ("\u2581", -1.0), ("\u2581\u00e7x", -5.0), ("x", -20.0),
+                                   ("y", -20.0), ("z", -20.0), ("xyz", -1.0)])
+    words = ["\u00e7xyz", "xyz"]
+    assert pieces(teacher, words) == ["\u2581\u00e7x", "y", "z", "\u2581", "xyz"]
+    kept = kept_ids(teacher, [[words]])
+    assert teacher.convert_tokens_to_ids("zzzz") in kept
+    assert _trimmed_pieces(teacher, kept, words) == pieces(teacher, words)
+    without = [i for i in kept if i != teacher.convert_tokens_to_ids("zzzz")]
+    assert _trimmed_pieces(teacher, without, words) != pieces(teacher, words)   # the case is real
+
+
+def test_unigram_byte_fallback_keeps_every_byte_piece():
+    bytes_ = [(f"<0x{b:02X}>", -30.0) for b in range(256)]
+    teacher = _unigram(SPECIALS + [("\u2581", -1.0), ("\u2581Paris", -2.0)] + bytes_, byte_fallback=True)
+    kept = kept_ids(teacher, [[["Paris"]]])
+    assert len(kept) == len(teacher)                                              # every piece here is kept
+    assert _trimmed_pieces(teacher, kept, ["Paris", "\u03a9"]) == pieces(teacher, ["Paris", "\u03a9"])
+    assert "<0xCE>" in pieces(teacher, ["\u03a9"])                               # Ω is two byte pieces
+
+
 def _train_tokenizer(model, trainer, texts, **fast_options):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
     backend = Tokenizer(model)
