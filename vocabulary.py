@@ -42,7 +42,12 @@ _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback piece
 
 
 def _tokenizer_json(tokenizer) -> dict:
-    return json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise PipelineError(f"student.trim_vocabulary: the teacher's tokenizer ({type(tokenizer).__name__}) is not a "
+                            "fast tokenizer backed by a tokenizer.json; trimming rewrites that file. Set "
+                            "student.trim_vocabulary to false for this teacher.")
+    return json.loads(backend.to_str())
 
 
 def tokenizer_kind(tokenizer) -> str:
@@ -60,8 +65,14 @@ def read_vocabulary_texts(path: str | Path) -> Iterator[list[str]]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"student.vocabulary_files: {path} is not a file.")
-    with path.open("rb") as lines:
+    try:
+        lines = path.open("rb")
+    except OSError as error:
+        raise PipelineError(f"student.vocabulary_files: {path} cannot be read ({error.strerror}).") from None
+    with lines:
         for number, raw in enumerate(lines, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, dropped as inference.py drops it
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -70,7 +81,7 @@ def read_vocabulary_texts(path: str | Path) -> Iterator[list[str]]:
             if "\x00" in line:
                 raise PipelineError(f"student.vocabulary_files: {path}:{number}: a NUL byte: this is not a "
                                     "plain-text file.")
-            words = split_words(line.removeprefix("\ufeff"))
+            words = split_words(line)
             if words:
                 yield [word.text for word in words]
 
@@ -197,6 +208,8 @@ def trim_tokenizer(tokenizer, kept: list[int]):
     content["added_tokens"] = [dict(token, id=new_id[token["id"]]) for token in content["added_tokens"]
                                if token["id"] in new_id]
     _renumber_post_processor(content.get("post_processor"), new_id)
+    if content.get("padding") and content["padding"].get("pad_id") is not None:  # padding baked into the file
+        content["padding"]["pad_id"] = new_id[content["padding"]["pad_id"]]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer.save_pretrained(scratch)
         (Path(scratch) / "tokenizer.json").write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")

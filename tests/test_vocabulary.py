@@ -192,6 +192,13 @@ def test_other_tokenizer_kinds_are_refused_by_name():
         kept_ids(bpe, [[["Paris"]]])
 
 
+def test_a_tokenizer_without_tokenizer_json_is_refused_by_name():
+    class SlowTokenizer:  # what a pure-Python tokenizer offers: no backend_tokenizer
+        pass
+    with pytest.raises(PipelineError, match="SlowTokenizer.*not a fast tokenizer.*student.trim_vocabulary"):
+        tokenizer_kind(SlowTokenizer())
+
+
 def test_vocabulary_files_are_read_as_inference_reads_text(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_bytes("\ufeffMme Durand, vue au CMP.\n\n   \nRAS.\r\n".encode("utf-8"))
