@@ -7,7 +7,8 @@ text uses a part of those pieces. With `student.trim_vocabulary`, stage 1 keeps:
 - every piece the teacher's tokenizer produces on the train, val and test files and on the
   plain-text files of `student.vocabulary_files` (encoded as training and inference encode
   them: words first, then pieces),
-- every single-character piece, so that any new text still tokenizes.
+- every single-character piece, so that any new text still tokenizes (and, for Unigram, the
+  lowest-scoring piece, from which the score of an unknown character is derived).
 
 The kept teacher ids, sorted, become the student's ids 0, 1, 2...; every id up to the padding
 id is kept, so that the padding id, from which RoBERTa-style models number their positions,
@@ -22,6 +23,7 @@ through `teacher_to_student_ids`, so teacher and student always see the same sub
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,12 +36,18 @@ from data_loader import split_words
 from utils import PipelineError
 
 SUPPORTED_KINDS = ("Unigram", "WordPiece")  # CamemBERT and XLM-R; BERT
-CHUNK_SENTENCES = 2048
+CHUNK_WORDS = 4096
 METASPACE = "\u2581"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback piece
 
 
 def _tokenizer_json(tokenizer) -> dict:
-    return json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise PipelineError(f"student.trim_vocabulary: the teacher's tokenizer ({type(tokenizer).__name__}) is not a "
+                            "fast tokenizer backed by a tokenizer.json; trimming rewrites that file. Set "
+                            "student.trim_vocabulary to false for this teacher.")
+    return json.loads(backend.to_str())
 
 
 def tokenizer_kind(tokenizer) -> str:
@@ -57,8 +65,14 @@ def read_vocabulary_texts(path: str | Path) -> Iterator[list[str]]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"student.vocabulary_files: {path} is not a file.")
-    with path.open("rb") as lines:
+    try:
+        lines = path.open("rb")
+    except OSError as error:
+        raise PipelineError(f"student.vocabulary_files: {path} cannot be read ({error.strerror}).") from None
+    with lines:
         for number, raw in enumerate(lines, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, dropped as inference.py drops it
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -67,69 +81,92 @@ def read_vocabulary_texts(path: str | Path) -> Iterator[list[str]]:
             if "\x00" in line:
                 raise PipelineError(f"student.vocabulary_files: {path}:{number}: a NUL byte: this is not a "
                                     "plain-text file.")
-            words = split_words(line.removeprefix("\ufeff"))
+            words = split_words(line)
             if words:
                 yield [word.text for word in words]
 
 
 def pieces_used(tokenizer, sentences: Iterable[list[str]]) -> set[int]:
     """Teacher ids of the pieces that pre-split sentences encode to (streamed in chunks)."""
-    return {i for chunk in _chunks(sentences) for i in _encode(tokenizer, chunk)}
+    return {i for words in _new_words([sentences]) for i in _encode(tokenizer, words)}
 
 
-def _chunks(sentences: Iterable[list[str]]) -> Iterator[list[list[str]]]:
-    chunk: list[list[str]] = []
-    for sentence in sentences:
-        chunk.append(sentence)
-        if len(chunk) == CHUNK_SENTENCES:
-            yield chunk
-            chunk = []
+def _new_words(sources: Iterable[Iterable[list[str]]]) -> Iterator[list[str]]:
+    """Every distinct word of the sentences of `sources`, once, in chunks of CHUNK_WORDS.
+
+    Encoding distinct words only gives the same pieces as encoding the sentences (see
+    `_encode`) about ten times faster: a corpus repeats its words. Only the words seen so far
+    are held, never the encodings.
+    """
+    seen: set[str] = set()
+    chunk: list[str] = []
+    for sentences in sources:
+        for sentence in sentences:
+            for word in sentence:
+                if word not in seen:
+                    seen.add(word)
+                    chunk.append(word)
+                    if len(chunk) == CHUNK_WORDS:
+                        yield chunk
+                        chunk = []
     if chunk:
         yield chunk
 
 
-def _encode(tokenizer, sentences: list[list[str]]) -> set[int]:
-    sentences = [s for s in sentences if s]
-    if not sentences:
-        return set()
-    encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-    return {i for ids in encoded["input_ids"] for i in ids}
+def _encode(tokenizer, words: list[str]) -> list[int]:
+    """The teacher ids of the words' pieces. A tokenizer given pre-split words normalizes,
+    pre-tokenizes and segments each word on its own, so a word has the same pieces here as
+    inside any sentence that training or inference encodes. (Not verbose: the chunk is far
+    longer than the model's window, which does not matter here and is no reason to warn.)"""
+    if not words:
+        return []
+    return tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def _wordpiece_accepted(tokenizer, model: dict, sentences: Iterable[list[str]]) -> set[int]:
+def _wordpiece_accepted(tokenizer, model: dict, words: Iterable[str]) -> set[int]:
     """Every piece WordPiece's greedy matcher accepts on the words, also in words that end as
     unknown: exactly the pieces a trimmed vocabulary needs to match the same way."""
     vocab, prefix = model["vocab"], model["continuing_subword_prefix"]
     longest = model["max_input_chars_per_word"]
     backend = tokenizer.backend_tokenizer
     accepted: set[int] = set()
-    for sentence in sentences:
-        for word in sentence:
-            text = backend.normalizer.normalize_str(word) if backend.normalizer else word
-            pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
-            for piece, _ in pieces:
-                if len(piece) > longest:
-                    continue
-                start = 0
-                while start < len(piece):
-                    end, match = len(piece), None
-                    while start < end:
-                        candidate = (prefix if start else "") + piece[start:end]
-                        if candidate in vocab:
-                            match = candidate
-                            break
-                        end -= 1
-                    if match is None:
+    for word in words:
+        text = backend.normalizer.normalize_str(word) if backend.normalizer else word
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        for piece, _ in pieces:
+            if len(piece) > longest:
+                continue
+            start = 0
+            while start < len(piece):
+                end, match = len(piece), None
+                while start < end:
+                    candidate = (prefix if start else "") + piece[start:end]
+                    if candidate in vocab:
+                        match = candidate
                         break
-                    accepted.add(vocab[match])
-                    start = end
+                    end -= 1
+                if match is None:
+                    break
+                accepted.add(vocab[match])
+                start = end
     return accepted
 
 
-def _single_characters(kind: str, model: dict) -> set[int]:
-    """Ids of the one-character pieces (with or without the word-start or continuation mark)."""
+def _always_kept(kind: str, model: dict) -> set[int]:
+    """Ids kept whatever the text: the one-character pieces (with or without the word-start or
+    continuation mark), so that any new text still tokenizes, and for Unigram the byte pieces
+    of a byte-fallback model and the lowest-scoring piece. Unigram scores an unknown character
+    10 below its lowest-scoring piece (tokenizers' K_UNK_PENALTY); without that piece the
+    unknown score would rise and could change the segmentation of words with a character that
+    only longer pieces hold. (CamemBERT's lowest is <unk>NOTUSED, -100.)"""
     if kind == "Unigram":
-        return {i for i, (piece, _) in enumerate(model["vocab"]) if len(piece.removeprefix(METASPACE)) <= 1}
+        vocab = model["vocab"]
+        kept = {i for i, (piece, _) in enumerate(vocab) if len(piece.removeprefix(METASPACE)) <= 1}
+        if model.get("byte_fallback"):
+            kept |= {i for i, (piece, _) in enumerate(vocab) if _BYTE_PIECE.fullmatch(piece)}
+        if vocab:
+            kept.add(min(range(len(vocab)), key=lambda i: vocab[i][1]))
+        return kept
     prefix = model["continuing_subword_prefix"]
     return {i for piece, i in model["vocab"].items() if len(piece.removeprefix(prefix)) == 1}
 
@@ -139,14 +176,13 @@ def kept_ids(tokenizer, sources: Iterable[Iterable[list[str]]]) -> list[int]:
     sentence of `sources` (each an iterable of pre-split sentences) and single characters."""
     kind = tokenizer_kind(tokenizer)
     model = _tokenizer_json(tokenizer)["model"]
-    kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | _single_characters(kind, model)
+    kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | _always_kept(kind, model)
     # the padding id keeps its value: RoBERTa-style models number positions from it
     kept |= set(range((tokenizer.pad_token_id or 0) + 1))
-    for sentences in sources:
-        for chunk in _chunks(sentences):
-            kept |= _encode(tokenizer, chunk)
-            if kind == "WordPiece":
-                kept |= _wordpiece_accepted(tokenizer, model, chunk)
+    for words in _new_words(sources):
+        kept.update(_encode(tokenizer, words))
+        if kind == "WordPiece":
+            kept |= _wordpiece_accepted(tokenizer, model, words)
     return sorted(kept)
 
 
@@ -172,6 +208,8 @@ def trim_tokenizer(tokenizer, kept: list[int]):
     content["added_tokens"] = [dict(token, id=new_id[token["id"]]) for token in content["added_tokens"]
                                if token["id"] in new_id]
     _renumber_post_processor(content.get("post_processor"), new_id)
+    if content.get("padding") and content["padding"].get("pad_id") is not None:  # padding baked into the file
+        content["padding"]["pad_id"] = new_id[content["padding"]["pad_id"]]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer.save_pretrained(scratch)
         (Path(scratch) / "tokenizer.json").write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
