@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import signal
 import time
@@ -360,7 +361,13 @@ def start(stage: Stage, loop: Loop, val_set: EvalSet) -> LoopState:
 
 def restore(stage: Stage, loop: Loop) -> LoopState:
     """Continue from the run's last checkpoint: optimizer, counters, RNG states, log lines up to it."""
-    checkpoint = torch.load(find_checkpoint(stage.run_dir) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    path = find_checkpoint(stage.run_dir) / TRAINER_STATE
+    try:  # tensors and plain data only: a checkpoint copied from elsewhere must never run code
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise PipelineError(f"--resume: {path} cannot be read as a training checkpoint (it is damaged, or holds "
+                            "objects other than tensors and plain data, which are never loaded). Start the "
+                            "run again without --resume.") from error
     loop.optim.load_state_dict(checkpoint)
     state, loop.pending_rng = LoopState.from_checkpoint(checkpoint["state"]), checkpoint["rng"]
     changes = _describe_config_changes(checkpoint.get("config", {}), stage.config_record)

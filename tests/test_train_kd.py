@@ -78,7 +78,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, 
 
     monkeypatch.setattr(training, "StopFlag", StopAtCheck)
     assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
-    state = torch.load(interrupted / "checkpoint" / "trainer_state.pt", weights_only=False)["state"]
+    state = torch.load(interrupted / "checkpoint" / "trainer_state.pt", weights_only=True)["state"]
     assert (state["epoch"], state["global_step"]) == (0, 7) and state["batches_done"] == 7
     monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
     assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
@@ -249,3 +249,17 @@ def test_bad_vocabulary_files_stop_stage_one_before_anything_is_written(tmp_path
     result = run_script("train_kd.py", "--config", missing, "--output", tmp_path / "out")
     assert result.returncode == 2 and "student.vocabulary_files[0]: no such file" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert train_kd.main(["--config", str(tiny_config), "--output", str(out)]) == 0   # a real checkpoint
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"state": Payload()}, out / "checkpoint" / "trainer_state.pt")
+    result = run_script("train_kd.py", "--config", tiny_config, "--output", out, "--resume")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot be read as a training checkpoint" in result.stderr and not marker.exists()
