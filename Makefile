@@ -71,7 +71,7 @@ $(DEMO)/report.json: $(DEMO)/entities.jsonl
 # artifacts/<config name>/ (e.g. artifacts/kd_camembert_compact/student_10L_final).
 
 RUN := artifacts$(if $(filter configs/kd_camembert.yaml,$(CONFIG)),,/$(basename $(notdir $(CONFIG))))
-resume_flag = $(if $(wildcard $(1)/checkpoint/trainer_state.pt),--resume,)
+resume_flag = $(if $(wildcard $(1).checkpoint/trainer_state.pt $(1)/checkpoint/trainer_state.pt),--resume,)
 
 pipeline: $(RUN)/entities.jsonl
 	@echo "Artifacts: $(RUN)/student_10L, $(RUN)/student_10L_pruned, $(RUN)/student_10L_final, $<"

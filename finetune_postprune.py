@@ -7,7 +7,8 @@
 Uses the training loop of stage 1 with the config's `finetune` section: its epochs, learning
 rate and loss weights (gold-label CE and CRF, plus KD from the teacher when
 `finetune.use_teacher` is true). Writes into --output what stage 1 writes: the best model by
-val F1, training_log.jsonl, training_summary.json and checkpoint/.
+val F1 with its README.md model card, training_log.jsonl, training_summary.json, and the
+checkpoint in <output>.checkpoint/.
 """
 import argparse
 import sys

@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 2 train_kd.py --output artifacts/student_10L   # several GPUs (DDP)
 
 Writes into --output: the best student by val F1 (config.json, model.safetensors, tokenizer
-files), training_log.jsonl, training_summary.json and checkpoint/. With student.trim_vocabulary
+files, a README.md model card), training_log.jsonl and training_summary.json; the checkpoint goes to
+the sibling folder <output>.checkpoint/. With student.trim_vocabulary
 the student keeps only the vocabulary pieces the data uses (its tokenizer is rewritten).
 """
 import argparse

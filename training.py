@@ -2,9 +2,10 @@
 
 One epoch = the training windows in length-grouped, shuffled batches; after each epoch the
 student is scored on the validation sentences (seqeval strict IOB2) and the best one is
-saved into the run folder. The run folder also holds `training_log.jsonl`,
-`training_summary.json` and `checkpoint/` (model + optimizer, scheduler, scaler, RNG
-states and counters), from which `--resume` continues exactly where the run stopped.
+saved into the run folder, beside `training_log.jsonl`, `training_summary.json` and a model
+card (`README.md`). The checkpoint (model + optimizer, scheduler, scaler, RNG states and
+counters) lives in a sibling folder, `<run>.checkpoint/`, so that the model folder holds only
+what is deployed or uploaded; `--resume` continues from it exactly where the run stopped.
 
 A stage script builds one `Stage` (the models and the settings of this run) and calls
 `run_stage`; `train` reads as the recipe: restore or start, then `train_one_epoch` and
@@ -16,6 +17,7 @@ import json
 import math
 import pickle
 import random
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -38,7 +40,8 @@ from precision import autocast_for, resolve_precision
 from utils import PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json
 from vocabulary import teacher_to_student_ids
 
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_SUFFIX = ".checkpoint"  # artifacts/student_10L -> artifacts/student_10L.checkpoint
+LEGACY_CHECKPOINT_DIR = "checkpoint"  # inside the run folder, as runs before the move wrote it
 TRAINER_STATE = "trainer_state.pt"
 LOG_FILE = "training_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
@@ -517,7 +520,7 @@ def _oom_message(stage: Stage, state: LoopState, batch) -> str:
             f"data.max_seq_length={stage.max_length}, precision {stage.precision}). Lower "
             "training.batch_size (raise training.grad_accumulation_steps to keep the effective batch), "
             "lower data.max_seq_length, or set training.mixed_precision to bf16 (or fp16). "
-            f"Checkpoints already in {stage.run_dir / CHECKPOINT_DIR} are kept: after changing the config, "
+            f"Checkpoints already in {checkpoint_dir(stage.run_dir)} are kept: after changing the config, "
             "rerun with --resume to continue from the last one.")
 
 
@@ -538,23 +541,33 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where a run keeps its checkpoint: a sibling of the run folder, never inside the model folder."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + CHECKPOINT_SUFFIX)
+
+
 def save_checkpoint(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss) -> None:
-    """Write checkpoint/ as a whole (main process only): staged, then swapped in, so a crash keeps the last one."""
+    """Write the checkpoint folder as a whole (main process only): staged, then swapped in, so a
+    crash keeps the last one."""
     if not stage.runtime.is_main:
         return
     saved = replace(state, log_sums=running.saved(), log_batches=running.batches)
-    with publishing(stage.run_dir / CHECKPOINT_DIR) as staging:
+    with publishing(checkpoint_dir(stage.run_dir)) as staging:
         save_model(stage.student, stage.tokenizer, staging)
         torch.save({**loop.optim.state_dict(), "rng": _rng_state(), "state": asdict(saved),
                     "config": stage.config_record}, staging / TRAINER_STATE)
+    legacy = stage.run_dir / LEGACY_CHECKPOINT_DIR
+    if (legacy / TRAINER_STATE).is_file():  # a resumed older run: its checkpoint now lives beside it
+        shutil.rmtree(legacy)
 
 
 def find_checkpoint(run_dir: Path) -> Path:
     """The run's last complete checkpoint (also after a crash in the middle of a swap)."""
-    candidate = find_published(run_dir / CHECKPOINT_DIR)
-    if candidate is not None and (candidate / TRAINER_STATE).is_file():
-        return candidate
-    raise PipelineError(f"--resume: no checkpoint in {run_dir} (expected {run_dir / CHECKPOINT_DIR}/"
+    for candidate in (find_published(checkpoint_dir(run_dir)), find_published(run_dir / LEGACY_CHECKPOINT_DIR)):
+        if candidate is not None and (candidate / TRAINER_STATE).is_file():
+            return candidate
+    raise PipelineError(f"--resume: no checkpoint for {run_dir} (expected {checkpoint_dir(run_dir)}/"
                         f"{TRAINER_STATE}). Start the run again without --resume.")
 
 
@@ -606,6 +619,14 @@ def prepare_run_dir(args, runtime: Runtime, create: bool = True) -> Path:
     """
     if runtime.is_main:
         prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume, create=create)
+        stale = find_published(checkpoint_dir(args.output))
+        if stale is not None and not args.resume:
+            if not args.overwrite:
+                raise PipelineError(f"{stale} holds the checkpoint of an earlier run into {args.output}. Use "
+                                    "--resume to continue that run, --overwrite to start afresh (it deletes the "
+                                    "checkpoint), or choose another --output.")
+            if create:
+                shutil.rmtree(stale)
     if runtime.distributed and create:
         torch.distributed.barrier()
     return Path(args.output)
@@ -647,7 +668,7 @@ def finish_run(stage: Stage, result: TrainResult, summary: dict) -> int:
         command = " ".join(["python"] + [a for a in stage.command if a not in ("--overwrite", "--resume")]
                            + ["--resume"])
         print(f"\nStopped by {result.stopped_by} at epoch {state.epoch + 1}, step "
-              f"{state.global_step}. Checkpoint saved in {run_dir / CHECKPOINT_DIR}.\n"
+              f"{state.global_step}. Checkpoint saved in {checkpoint_dir(run_dir)}.\n"
               f"Resume with:\n  {command}")
         return 143 if result.stopped_by == "SIGTERM" else 130
     summary.update({

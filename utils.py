@@ -141,6 +141,7 @@ def publishing(target: str | Path, merge: bool = False) -> Iterator[Path]:
     _remove(staging)
     try:
         yield staging
+        _share_like_any_file(staging)
         if not staging.is_dir() or not target.exists():
             os.replace(staging, target)
         elif merge:
@@ -171,6 +172,18 @@ def find_published(target: str | Path) -> Path | None:
         else:
             _remove(leftover)
     return target if target.exists() else None
+
+
+def _share_like_any_file(path: Path) -> None:
+    """Give written files the mode any new file gets (0644 under the usual umask).
+
+    safetensors writes its files 0600, which a container running as another user cannot read.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for file in paths:
+        os.chmod(file, 0o666 & ~mask)
 
 
 def _sibling(target: Path, kind: str, pid: int) -> Path:

@@ -172,7 +172,12 @@ def logits_of(model, tokenizer):
 
 def test_save_and_load_round_trip_is_exact(tmp_path, student):
     model, tokenizer = student
-    save_model(model, tokenizer, tmp_path / "saved", stage="kd")
+    previous = os.umask(0o022)
+    try:
+        save_model(model, tokenizer, tmp_path / "saved", stage="kd")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "saved" / "model.safetensors").stat().st_mode & 0o777 == 0o644  # not safetensors' 0600
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == \
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     record = json.loads((tmp_path / "saved" / "config.json").read_text())["ner_pipeline"]

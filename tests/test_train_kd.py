@@ -1,5 +1,6 @@
 """train_kd.py end to end on a slice of europeana_fr with a tiny IO-labelled teacher (CPU)."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +27,10 @@ def test_one_epoch_beats_untrained_student_and_reloads_identically(tmp_path, tin
     assert train_kd.main(["--config", str(tiny_config), "--output", str(out)]) == 0
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training_log.jsonl",
-                 "training_summary.json", "checkpoint/trainer_state.pt"):
+                 "training_summary.json"):
         assert (out / name).is_file(), name
+    # the checkpoint (optimizer state, several times the model's size) stays out of the model folder
+    assert not (out / "checkpoint").exists() and (tmp_path / "student.checkpoint" / "trainer_state.pt").is_file()
     summary = read_json(out / "training_summary.json")
     untrained, trained = summary["history"][0]["val"]["overall"]["f1"], summary["val"]["overall"]["f1"]
     assert trained > untrained, (untrained, trained)
@@ -78,7 +81,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, 
 
     monkeypatch.setattr(training, "StopFlag", StopAtCheck)
     assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
-    state = torch.load(interrupted / "checkpoint" / "trainer_state.pt", weights_only=True)["state"]
+    state = torch.load(tmp_path / "interrupted.checkpoint" / "trainer_state.pt", weights_only=True)["state"]
     assert (state["epoch"], state["global_step"]) == (0, 7) and state["batches_done"] == 7
     monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
     assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
@@ -110,7 +113,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, europeana, io_teac
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     assert "Stopped by SIGTERM" in stdout and "--resume" in stdout and "Traceback" not in stderr
-    assert (out / "checkpoint" / "trainer_state.pt").is_file()
+    assert (tmp_path / "run.checkpoint" / "trainer_state.pt").is_file()
     resumed = run_script("train_kd.py", "--config", config, "--output", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from epoch" in resumed.stdout
@@ -259,7 +262,31 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path, tiny_config):
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
-    torch.save({"state": Payload()}, out / "checkpoint" / "trainer_state.pt")
+    torch.save({"state": Payload()}, tmp_path / "run.checkpoint" / "trainer_state.pt")
     result = run_script("train_kd.py", "--config", tiny_config, "--output", out, "--resume")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot be read as a training checkpoint" in result.stderr and not marker.exists()
+
+
+def test_resume_finds_a_checkpoint_inside_an_older_run_and_moves_it_out(tmp_path, europeana, io_teacher, monkeypatch):
+    config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
+                          training={"max_epochs": 2, "checkpoint_every_steps": 4})
+    out, sibling = tmp_path / "run", tmp_path / "run.checkpoint"
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck)
+    assert train_kd.main(["--config", str(config), "--output", str(out)]) == 143
+    sibling.rename(out / "checkpoint")        # where runs before the move kept it
+    monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
+    assert train_kd.main(["--config", str(config), "--output", str(out), "--resume"]) == 0
+    assert (sibling / "trainer_state.pt").is_file() and not (out / "checkpoint").exists()
+
+
+def test_a_left_over_checkpoint_is_never_mistaken_for_a_new_run(tmp_path, tiny_config, capsys):
+    out, sibling = tmp_path / "run", tmp_path / "run.checkpoint"
+    assert train_kd.main(["--config", str(tiny_config), "--output", str(out)]) == 0
+    shutil.rmtree(out)                         # the model folder deleted by hand, its checkpoint left
+    result = run_script("train_kd.py", "--config", tiny_config, "--output", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{sibling} holds the checkpoint of an earlier run" in result.stderr and "--resume" in result.stderr
+    before = (sibling / "trainer_state.pt").stat().st_mtime_ns
+    assert train_kd.main(["--config", str(tiny_config), "--output", str(out), "--overwrite"]) == 0
+    assert (sibling / "trainer_state.pt").stat().st_mtime_ns != before

@@ -122,3 +122,20 @@ def test_output_folder_rules(tmp_path):
     prepare_output_dir(busy, overwrite=True, create=False)          # checks only
     assert (busy / "result.txt").read_text() == "keep"
     assert prepare_output_dir(busy, overwrite=True) == busy and list(busy.iterdir()) == []
+
+
+def test_published_files_get_the_mode_of_any_new_file(tmp_path):
+    """safetensors writes 0600; a container running as another user must still read the weights."""
+    previous = os.umask(0o022)
+    try:
+        with publishing(tmp_path / "model") as staging:
+            staging.mkdir()
+            (staging / "weights").write_bytes(b"w")
+            os.chmod(staging / "weights", 0o600)
+        with publishing(tmp_path / "alone.json") as staging:
+            staging.write_text("{}")
+            os.chmod(staging, 0o600)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "alone.json").stat().st_mode & 0o777 == 0o644
