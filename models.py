@@ -468,6 +468,52 @@ def remove_ffn_neurons(model: NERModel, neurons: dict[int, list[int]]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Export: the standard shape any transformers-based tool loads
+
+def full_shape_backbone(model: NERModel) -> nn.Module:
+    """A Hugging Face token classifier of the config's full shapes holding `model`'s weights.
+
+    Pruned heads get zero rows in query, key and value and zero columns in the attention output;
+    pruned FFN neurons get zero rows in `intermediate.dense` and zero columns in `output.dense`.
+    A zeroed head or neuron adds exactly nothing, so the logits are those of `model`.
+    """
+    full = AutoModelForTokenClassification.from_config(copy.deepcopy(model.config)).eval()
+    state = {k: v.detach().cpu().float() for k, v in model.backbone.state_dict().items()}
+    names = {id(module): name for name, module in model.backbone.named_modules()}
+    layers = encoder_layers(model)
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    for l, (heads, neurons) in enumerate(zip(remaining_heads(model), remaining_neurons(model))):
+        prefix = names[id(layers[l])]
+        head_size = layers[l].attention.self.attention_head_size
+        head_rows = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in heads])
+        neuron_rows = torch.tensor(neurons)
+        spread = [(f"attention.self.{n}.{p}", head_rows, 0) for n in ("query", "key", "value") for p in ("weight", "bias")]
+        spread += [("attention.output.dense.weight", head_rows, 1), ("intermediate.dense.weight", neuron_rows, 0),
+                   ("intermediate.dense.bias", neuron_rows, 0), ("output.dense.weight", neuron_rows, 1)]
+        for name, rows, dim in spread:
+            key = f"{prefix}.{name}"
+            padded = torch.zeros(shapes[key])
+            padded.index_copy_(dim, rows, state[key])
+            state[key] = padded
+    full.load_state_dict(state, strict=True)
+    return full
+
+
+def crf_record(model: NERModel) -> dict:
+    """The CRF as plain JSON: labels, start, end and transition scores (from row to column), with
+    illegal BIO moves at ILLEGAL_TRANSITION_SCORE as decoding forbids them."""
+    allowed_start, allowed_transition = bio_constraints(list(model.labels))
+    crf = model.crf
+    start = crf.start_transitions.detach().float().cpu().masked_fill(~allowed_start, ILLEGAL_TRANSITION_SCORE)
+    transitions = crf.transitions.detach().float().cpu().masked_fill(~allowed_transition, ILLEGAL_TRANSITION_SCORE)
+    return {"labels": list(model.labels), "start": start.tolist(), "end": crf.end_transitions.detach().float().cpu().tolist(),
+            "transitions": transitions.tolist(),
+            "note": "Viterbi over the logits of each word's first subword: score(path) = start[y0] + sum_t "
+                    "logits[t][y_t] + sum_t transitions[y_(t-1)][y_t] + end[y_last]. Rows of 'transitions' are "
+                    f"the previous label, columns the next; {ILLEGAL_TRANSITION_SCORE:g} marks a move BIO forbids."}
+
+
+# ---------------------------------------------------------------------------
 # Saving and the one loader
 
 def save_model(model: NERModel, tokenizer, out_dir: str | Path, stage: str | None = None) -> Path:

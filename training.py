@@ -35,9 +35,11 @@ from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, coll
                          read_examples)
 from decoding import predict_windows, seqeval_scores, word_level_emissions
 from losses import KDMapping, TeacherTargets, combined_loss
+from model_card import CARD_NAME, card_for_model, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
 from precision import autocast_for, resolve_precision
-from utils import PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json
+from utils import (PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json,
+                   write_text)
 from vocabulary import teacher_to_student_ids
 
 CHECKPOINT_SUFFIX = ".checkpoint"  # artifacts/student_10L -> artifacts/student_10L.checkpoint
@@ -649,7 +651,9 @@ def run_stage(stage: Stage, data: StageData, resume: bool) -> int:
     summary = {"stage": stage.name,
                "parameters": {"student": count_parameters(student)}, "heads_per_layer": heads_per_layer(student),
                "precision": stage.precision, "device": str(runtime.device), "world_size": runtime.world_size,
-               "package_versions": package_versions(), "command": stage.command, "config": stage.config_record}
+               "package_versions": package_versions(), "command": stage.command, "config": stage.config_record,
+               "data": stage_data(stage.config_record["data"], {"train": len(data.train), "validation": len(data.val),
+                                                                **({"test": len(data.test)} if data.test else {})})}
     if stage.teacher is not None:
         summary["teacher"] = stage.teacher.info.teacher
         summary["parameters"]["teacher"] = count_parameters(stage.teacher)
@@ -682,6 +686,10 @@ def finish_run(stage: Stage, result: TrainResult, summary: dict) -> int:
         "wall_time_s": round(result.wall_time, 1),
     })
     write_json(run_dir / SUMMARY_FILE, summary)
+    scores = {"validation": state.best_scores, **({"test": result.test_scores} if result.test_scores else {})}
+    card = card_for_model(stage.student, run_dir.name, stage.name, summary["data"], scores,
+                          headline_split="test" if result.test_scores else "validation")
+    write_text(run_dir / CARD_NAME, card)
     test = (f", test F1 {result.test_scores['overall']['f1']:.4f}" if result.test_scores else "")
     print(f"\nBest model (epoch {state.best_epoch}, val F1 {state.best_f1:.4f}{test}) saved in {run_dir}; "
           f"summary in {run_dir / SUMMARY_FILE}.")

@@ -213,6 +213,12 @@ def write_json(path: str | Path, data) -> None:
         staging.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with publishing(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+
+
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that decide the results."""
     versions = {"python": sys.version.split()[0]}

@@ -33,6 +33,14 @@ def test_finetuning_keeps_the_pruned_shape_and_improves_val_f1(tmp_path, europea
     assert summary["val"]["overall"]["f1"] > summary["history"][0]["val"]["overall"]["f1"]
     log = (out / "training_log.jsonl").read_text().splitlines()
     assert log and '"kd"' in log[0] and '"hidden"' not in log[0]  # finetune weights: hidden 0 is skipped
+    card = (out / "README.md").read_text()
+    test_f1 = round(summary["test"]["overall"]["f1"], 4)
+    assert f"      split: test\n    metrics:\n    - type: f1\n      value: {test_f1}\n" in card
+    assert "fine-tuned student (stage 3)" in card and "## Data\n\n- train: `train.jsonl`" in card
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in card.splitlines() if line.startswith("| test")]
+    assert {(r[1], r[4]) for r in rows} == {(kind, f"{row['f1']:.4f}") for kind, row in summary["test"]["per_type"].items()} \
+        | {("overall (micro)", f"{summary['test']['overall']['f1']:.4f}")}
+    assert not (out / "checkpoint").exists() and (tmp_path / "final.checkpoint" / "trainer_state.pt").is_file()
 
 
 def test_gold_labels_only_needs_no_teacher(tmp_path, europeana, pruned_artifact):

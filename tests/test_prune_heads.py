@@ -44,6 +44,15 @@ def test_prunes_a_quarter_of_the_heads_and_writes_three_outputs(tmp_path, tiny_c
     again, _ = load_model(out)
     assert predict(model, tokenizer, SENTENCES) == predict(again, tokenizer, SENTENCES)
 
+    card = (out / "README.md").read_text()
+    after = summary["val_after"]["overall"]
+    assert card.startswith("---\nlanguage: fr\npipeline_tag: token-classification\n")
+    assert f"      split: validation\n    metrics:\n    - type: f1\n      value: {round(after['f1'], 4)}\n" in card
+    assert "pruned student (stage 2)" in card and "- Heads removed by pruning (layer: original head indices): " + \
+        "; ".join(f"{l}: {list(h)}" for l, h in sorted(model.info.pruned_heads.items())) in card
+    val_sentences = summary["data"]["validation"]["sentences"]
+    assert f"- validation: `val.jsonl`, {val_sentences:,} sentences" in card and val_sentences > 0
+
 
 def test_pruning_a_pruned_artifact_again(tmp_path, tiny_config, stage1_artifact):
     once, twice = tmp_path / "once", tmp_path / "twice"

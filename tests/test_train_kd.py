@@ -27,7 +27,7 @@ def test_one_epoch_beats_untrained_student_and_reloads_identically(tmp_path, tin
     assert train_kd.main(["--config", str(tiny_config), "--output", str(out)]) == 0
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training_log.jsonl",
-                 "training_summary.json"):
+                 "training_summary.json", "README.md"):
         assert (out / name).is_file(), name
     # the checkpoint (optimizer state, several times the model's size) stays out of the model folder
     assert not (out / "checkpoint").exists() and (tmp_path / "student.checkpoint" / "trainer_state.pt").is_file()
