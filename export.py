@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         staging.mkdir(parents=True)
         full.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        standard_tokenizer_files(staging, model.max_subwords)
+        standard_tokenizer_files(staging, model.position_limit)
         if model.crf is not None:
             write_json(staging / "crf.json", crf_record(model))
             if eval_set is not None:

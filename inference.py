@@ -12,7 +12,7 @@ line). Output: one JSON line per input line, in input order:
 `start`/`end` are word indices (end exclusive), `start_char`/`end_char` index the text, `score`
 is the entity's mean label probability. The input is streamed in chunks, so memory stays
 bounded on any size; the output file appears only when every line has been processed. The
-text -> entities step is `decoding.extract_entities`, which a server calls the same way.
+text -> entities step is `decoding.extract_entities`, which serve.py (the RunPod worker) calls too.
 """
 import argparse
 import json
@@ -100,8 +100,9 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl")
     parser.add_argument("--output", required=True, help="JSON lines to write")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
-    parser.add_argument("--max-length", type=int, default=512,
-                        help="subwords per window; longer texts use overlapping windows (default 512)")
+    parser.add_argument("--max-length", type=int,
+                        help="subwords per window, at most the model's; longer texts use overlapping windows "
+                             "(default: the window the model was trained and validated with, else 512)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32; bf16 (autocast, GPU or a CPU with bf16); int8 (ONNX Runtime on the CPU)")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         raise PipelineError(f"--input {source}: no such file.")
     if source.suffix.lower() not in {".txt", ".jsonl"}:
         raise PipelineError(f"--input {source}: expected a .txt or .jsonl file.")
-    if args.batch_size < 1 or args.max_length < 8:
+    if args.batch_size < 1 or (args.max_length is not None and args.max_length < 8):
         raise PipelineError("--batch-size must be >= 1 and --max-length >= 8.")
     runtime = init_runtime(args.device)
     model, tokenizer = load_any_model(args.model, runtime.device)

@@ -155,6 +155,7 @@ class PipelineInfo:
     pruned_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)  # original indices
     stage: str = "student"
     pruned_neurons: dict[int, tuple[int, ...]] = field(default_factory=dict)  # FFN neurons, original indices
+    window: int | None = None  # subwords per input the model was trained and validated with
 
     def to_json(self) -> dict:
         record = asdict(self)
@@ -162,6 +163,8 @@ class PipelineInfo:
         record["pruned_neurons"] = {str(k): list(v) for k, v in sorted(self.pruned_neurons.items())}
         if not record["pruned_neurons"]:
             del record["pruned_neurons"]  # models without FFN pruning keep the record they always had
+        if record["window"] is None:
+            del record["window"]
         record["labels"], record["teacher_layers"] = list(self.labels), list(self.teacher_layers)
         # a record older code can read is written as version 1, so that it stays readable there;
         # older code refuses version 2 as "written by a newer version" instead of misreading it
@@ -177,7 +180,8 @@ class PipelineInfo:
                                  for k, v in record.get("pruned_heads", {}).items() if v},
                    pruned_neurons={int(k): tuple(int(n) for n in v)
                                    for k, v in record.get("pruned_neurons", {}).items() if v},
-                   stage=str(record.get("stage", "student")))
+                   stage=str(record.get("stage", "student")),
+                   window=int(record["window"]) if record.get("window") else None)
 
 
 class ModelOutput(NamedTuple):
@@ -225,6 +229,12 @@ class NERModel(nn.Module):
 
     @property
     def max_subwords(self) -> int:
+        """Longest input decoding gives the model (special tokens included): the window it was trained
+        and validated with, so that predictions score what validation measured; else `position_limit`."""
+        return min(self.position_limit, self.info.window or self.position_limit)
+
+    @property
+    def position_limit(self) -> int:
         """Longest input (special tokens included) the position embeddings allow."""
         config = self.config
         positions = config.max_position_embeddings

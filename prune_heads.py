@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     plan_neuron_count(neurons_per_layer(model), pruning.ffn_rate, pruning.min_ffn_neurons_per_layer)
     label2id = {label: i for i, label in enumerate(model.labels)}
     val_examples = read_examples(config.data.val_file, label2id)
-    max_length = min(config.data.max_seq_length, model.max_subwords)
+    max_length = min(config.data.max_seq_length, model.position_limit)
     val_set = make_eval_set(tokenizer, val_examples, max_length)
     windows = encode_sentences(tokenizer, val_set.sentences, max_length, tags=val_set.tags, label2id=label2id)
     batches = [collate_windows([windows[i] for i in indices], tokenizer.pad_token_id)

@@ -93,10 +93,12 @@ class Stage:
         if teacher is not None and teacher_tokenizer is not None and \
                 teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
             train_tokenizer, student_ids = teacher_tokenizer, teacher_to_student_ids(teacher_tokenizer, tokenizer)
+        max_length = min(settings.data.max_seq_length, student.position_limit)
+        # the saved model records its window, and decoding uses it: inference scores what validation measured
+        student.info = replace(student.info, window=max_length)
         return cls(name, student, teacher, tokenizer, projection, settings.training, weights,
                    settings.distillation.temperature,
-                   resolve_precision(settings.training.mixed_precision, runtime.device),
-                   min(settings.data.max_seq_length, student.max_subwords), runtime, run_dir,
+                   resolve_precision(settings.training.mixed_precision, runtime.device), max_length, runtime, run_dir,
                    config_to_dict(config), command, train_tokenizer, student_ids)
 
     @property

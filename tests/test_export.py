@@ -72,7 +72,7 @@ def test_export_writes_a_standard_folder_a_card_and_the_crf(exported, pruned_mod
     model, _ = load_model(pruned_model)
     assert config["id2label"] == {str(i): label for i, label in enumerate(model.labels)}
     tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
-    assert "extra_special_tokens" not in tokenizer_config and tokenizer_config["model_max_length"] == model.max_subwords
+    assert "extra_special_tokens" not in tokenizer_config and tokenizer_config["model_max_length"] == model.position_limit
     crf = json.loads((exported / "crf.json").read_text())
     assert crf == json.loads(json.dumps(crf_record(model)))
     assert crf["labels"] == list(model.labels) and len(crf["transitions"]) == len(model.labels)

@@ -13,7 +13,8 @@ import torch
 import train_kd
 import training
 from conftest import REPO, read_json, write_config
-from decoding import predict
+from data_loader import read_examples
+from decoding import predict, seqeval_scores
 from models import load_model
 
 
@@ -50,6 +51,12 @@ def test_one_epoch_beats_untrained_student_and_reloads_identically(tmp_path, tin
     again, _ = load_model(out)
     first, second = predict(model, tokenizer, sentences), predict(again, tokenizer, sentences)
     assert first == second and len(first[0].tags) == len(sentences[0])
+
+    # the model keeps the window it was validated with, so inference scores what the summary says
+    assert model.info.window == 64 and model.max_subwords == 64 < model.position_limit
+    test = read_examples(europeana / "test.jsonl")
+    predicted = [p.tags for p in predict(model, tokenizer, [list(e.tokens) for e in test])]
+    assert seqeval_scores([list(e.tags) for e in test], predicted) == summary["test"]
 
 
 def read_json_line(line):
