@@ -17,8 +17,6 @@ from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
 
 from data_loader import EncodedWindow, Word, batches_by_length, collate_windows, encode_sentences, split_words
 from models import bio_constraints, entity_type
@@ -99,6 +97,9 @@ def seqeval_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
     Overall figures are micro-averaged over entities; both inputs must be BIO.
     """
+    # imported here: seqeval pulls in scikit-learn (1.7 s), which a serving worker never needs at start
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
     report = classification_report(gold, predicted, mode="strict", scheme=IOB2,
                                    output_dict=True, zero_division=0)
     pick = lambda row: {k: float(row[k]) for k in ("precision", "recall", "f1-score")} | {"support": int(row["support"])}
