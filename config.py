@@ -61,6 +61,7 @@ class DataConfig:
     test_file: Optional[str] = "data/test.jsonl"
     label2id_file: str = "data/label2id.json"
     max_seq_length: int = _field(256, min=8, max=4096)
+    unlabeled_files: list[str] = _field([])  # unlabelled notes (.txt/.txt.gz one per line, .jsonl "text") for KD
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class DistillationConfig:
     temperature: float = _field(2.5, gt=0)
     weights: LossWeights = _field(LossWeights())
     label_map: dict[str, str] = _field({})  # teacher entity type -> student entity type or "O"
+    unlabeled_weight: float = _field(1.0, min=0)  # scales the teacher terms on unlabelled windows
+    unlabeled_per_labeled: float = _field(2.0, gt=0)  # unlabelled windows per labelled window in a batch
+    pseudo_labels: bool = False  # the teacher's confident decoded tags train the student's CRF too
+    pseudo_label_threshold: float = _field(0.9, min=0, max=1)  # word-level teacher probability to keep a tag
 
 
 @dataclass(frozen=True)

@@ -437,6 +437,20 @@ def collate_windows(windows: list[EncodedWindow], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, word_starts, word_mask, word_labels)
 
 
+def join_batches(first: Batch, second: Batch, pad_id: int, fill_label: int = 0) -> Batch:
+    """One batch of the rows of both, padded to the longer (words of unlabelled rows get `fill_label`)."""
+    size = max(first.input_ids.size(1), second.input_ids.size(1))
+    words = max(first.word_starts.size(1), second.word_starts.size(1))
+    pad = lambda t, width, value: torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+    labels = [b.word_labels if b.word_labels is not None else torch.full_like(b.word_starts, fill_label)
+              for b in (first, second)]
+    return Batch(torch.cat([pad(b.input_ids, size, pad_id) for b in (first, second)]),
+                 torch.cat([pad(b.attention_mask, size, 0) for b in (first, second)]),
+                 torch.cat([pad(b.word_starts, words, 0) for b in (first, second)]),
+                 torch.cat([pad(b.word_mask, words, False) for b in (first, second)]),
+                 torch.cat([pad(l, words, fill_label) for l in labels]))
+
+
 def batches_by_length(windows: list[EncodedWindow], batch_size: int) -> list[list[int]]:
     """Window indices in batches of similar length (for evaluation: no shuffling)."""
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))

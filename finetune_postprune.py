@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
     command = ["finetune_postprune.py"] + list(argv if argv is not None else sys.argv[1:])
     stage = Stage.create("finetune", config, student, teacher, tokenizer, projection, runtime, run_dir, command,
-                         teacher_tokenizer=teacher_tokenizer)
+                         teacher_tokenizer=teacher_tokenizer, unlabeled_scan=data.unlabeled)
     code = run_stage(stage, data, resume=args.resume)
     close_runtime(runtime)
     return code

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from decoding import map_entity_types
 from models import LabelProjection
 
 
@@ -106,12 +107,50 @@ def crf_nll(crf, emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
         last = labels.gather(1, (mask.sum(dim=1, keepdim=True) - 1).clamp_min(0)).squeeze(1)
         gold = (start[labels[:, 0]] + emitted[:, 0] + ((moves + emitted[:, 1:]) * real[:, 1:]).sum(dim=1)
                 + end[last])                                                             # (B,)
-        alpha = start + emissions[:, 0]                                                  # (B, C)
-        for t in range(1, emissions.size(1)):
-            step = torch.logsumexp(alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1), dim=1)
-            alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
-        log_partition = torch.logsumexp(alpha + end, dim=1)                             # (B,)
-        return (log_partition - gold).sum() / real.sum().clamp_min(1)
+        return (_crf_log_partition(crf, emissions, mask) - gold).sum() / real.sum().clamp_min(1)
+
+
+def partial_crf_nll(crf, emissions: torch.Tensor, labels: torch.Tensor, known: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """CRF negative log-likelihood of every path that agrees with `labels` where `known`, free
+    elsewhere (a partially labelled sequence): log Z - log Z(agreeing paths), per known word.
+    emissions (B, W, C), labels (B, W), known and mask (B, W) bool."""
+    with torch.autocast(device_type=emissions.device.type, enabled=False):
+        emissions = emissions.float()
+        allowed = torch.nn.functional.one_hot(labels, emissions.size(-1)).bool() | ~known.unsqueeze(-1)
+        agreeing = emissions.masked_fill(~allowed, -1e4)
+        per_row = _crf_log_partition(crf, emissions, mask) - _crf_log_partition(crf, agreeing, mask)
+        return per_row.sum() / (known & mask).sum().clamp_min(1)
+
+
+def _crf_log_partition(crf, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log of the sum over all label paths of exp(score), per row (forward algorithm): (B,)."""
+    transitions = crf.transitions
+    alpha = crf.start_transitions + emissions[:, 0]                                       # (B, C)
+    for t in range(1, emissions.size(1)):
+        step = torch.logsumexp(alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1), dim=1)
+        alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
+    return torch.logsumexp(alpha + crf.end_transitions, dim=1)
+
+
+def pseudo_label_targets(teacher_emissions: torch.Tensor, word_mask: torch.Tensor, teacher_labels: tuple[str, ...],
+                         student_label2id: dict[str, int], type_map: dict[str, str],
+                         threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's tags as student BIO label ids, and where they are kept: (labels, known), (B, W).
+
+    Each word takes the teacher's most probable label; types are projected as for KD (a type the
+    student lacks, MISC say, becomes O), then IO becomes BIO by the rule evaluation uses (a new
+    entity wherever the type changes). A word whose teacher probability is under `threshold` is
+    masked (known = False): the CRF leaves it free.
+    """
+    probabilities = teacher_emissions.float().softmax(dim=-1)
+    confidence, best = probabilities.max(dim=-1)
+    lengths = word_mask.sum(dim=1).tolist()
+    labels = torch.zeros_like(best)
+    for row, (ids, n) in enumerate(zip(best.tolist(), lengths)):
+        tags = map_entity_types([teacher_labels[i] for i in ids[:n]], type_map)
+        labels[row, :n] = torch.tensor([student_label2id[t] for t in tags], dtype=labels.dtype)
+    return labels, word_mask & (confidence >= threshold)
 
 
 @dataclass(frozen=True)

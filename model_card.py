@@ -83,7 +83,9 @@ def size_section(model: NERModel) -> str:
 
 def data_section(data: dict[str, dict]) -> str:
     """data: split -> {"file": path, "sentences": n} as the stage read it."""
-    return "\n".join(f"- {split}: `{Path(entry['file']).name}`, {entry['sentences']:,} sentences"
+    names = lambda files: ", ".join(f"`{Path(f).name}`" for f in files.split(", "))
+    return "\n".join(f"- {split}: {names(entry['file'])}, {entry['sentences']:,} "
+                     f"{'notes (no labels; the teacher labels them)' if split == 'unlabeled' else 'sentences'}"
                      for split, entry in data.items())
 
 

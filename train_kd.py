@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     command = ["train_kd.py"] + list(argv if argv is not None else sys.argv[1:])
     stage = Stage.create("kd", config, student, teacher, student_tokenizer, projection, runtime, run_dir, command,
-                         teacher_tokenizer=tokenizer)
+                         teacher_tokenizer=tokenizer, unlabeled_scan=data.unlabeled)
     code = run_stage(stage, data, resume=args.resume)
     close_runtime(runtime)
     return code

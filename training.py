@@ -31,15 +31,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import Config, LossWeights, TrainingConfig, config_to_dict, stage_config
-from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, collate_windows, encode_sentences,
+from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, collate_windows, encode_sentences, join_batches,
                          read_examples)
 from decoding import predict_windows, seqeval_scores, word_level_emissions
-from losses import KDMapping, TeacherTargets, combined_loss
+from losses import KDMapping, TeacherTargets, combined_loss, partial_crf_nll, pseudo_label_targets
 from model_card import CARD_NAME, card_for_model, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
 from precision import autocast_for, resolve_precision
 from utils import (PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json,
                    write_text)
+from unlabeled import UnlabeledScan, UnlabeledStream, check_unlabeled_files
 from vocabulary import teacher_to_student_ids
 
 CHECKPOINT_SUFFIX = ".checkpoint"  # artifacts/student_10L -> artifacts/student_10L.checkpoint
@@ -78,11 +79,12 @@ class Stage:
     # through this lookup (teacher id -> student id). None when they share one vocabulary.
     train_tokenizer: object = None
     student_ids: torch.Tensor | None = None
+    unlabeled: "UnlabeledText | None" = None   # data.unlabeled_files, when a teacher term uses them
 
     @classmethod
     def create(cls, name: str, config: Config, student: NERModel, teacher: NERModel | None, tokenizer,
                projection: LabelProjection | None, runtime: Runtime, run_dir: Path, command: list[str],
-               teacher_tokenizer=None) -> "Stage":
+               teacher_tokenizer=None, unlabeled_scan: UnlabeledScan | None = None) -> "Stage":
         settings = stage_config(config, name)
         weights = settings.distillation.weights
         if student.crf is None:
@@ -96,15 +98,64 @@ class Stage:
         max_length = min(settings.data.max_seq_length, student.position_limit)
         # the saved model records its window, and decoding uses it: inference scores what validation measured
         student.info = replace(student.info, window=max_length)
+        unlabeled = UnlabeledText.create(unlabeled_scan, settings.distillation, weights, teacher, student,
+                                         train_tokenizer, max_length, runtime)
         return cls(name, student, teacher, tokenizer, projection, settings.training, weights,
                    settings.distillation.temperature,
                    resolve_precision(settings.training.mixed_precision, runtime.device), max_length, runtime, run_dir,
-                   config_to_dict(config), command, train_tokenizer, student_ids)
+                   config_to_dict(config), command, train_tokenizer, student_ids, unlabeled)
 
     @property
     def say(self):
         """print on the main process, nothing on the others."""
         return print if self.runtime.is_main else (lambda *a, **k: None)
+
+
+@dataclass(frozen=True)
+class UnlabeledText:
+    """Unlabelled notes in a run: their stream, and how their windows train the student.
+
+    Each labelled batch of n windows gets round(n * per_labeled) unlabelled windows, in the same
+    forward pass. They get only the teacher terms (KD, hidden; and with pseudo-labels, a CRF term on
+    the teacher's confident tags), scaled by `weight`.
+    """
+    stream: UnlabeledStream
+    scan: UnlabeledScan
+    weight: float
+    per_labeled: float
+    pseudo_labels: bool
+    threshold: float
+
+    @classmethod
+    def create(cls, scan: UnlabeledScan | None, distillation, weights: LossWeights, teacher, student,
+               tokenizer, max_length: int, runtime: Runtime) -> "UnlabeledText | None":
+        """None when there are no unlabelled files, or when nothing would use them (then a warning)."""
+        if scan is None:
+            return None
+        pseudo = distillation.pseudo_labels and student.crf is not None
+        unused = ("the stage has no teacher" if teacher is None else
+                  "kd and hidden are 0 and pseudo_labels is off" if weights.kd == 0 and weights.hidden == 0
+                  and not pseudo else "distillation.unlabeled_weight is 0" if distillation.unlabeled_weight == 0
+                  else None)
+        if unused:
+            if runtime.is_main:
+                print(f"warning: data.unlabeled_files is set but not used: {unused}.")
+            return None
+        stream = UnlabeledStream(list(scan.files), tokenizer, max_length, runtime.rank, runtime.world_size)
+        return cls(stream, scan, distillation.unlabeled_weight, distillation.unlabeled_per_labeled, pseudo,
+                   distillation.pseudo_label_threshold)
+
+    def windows_for(self, labelled: int) -> int:
+        return max(1, round(labelled * self.per_labeled))
+
+    def describe(self) -> str:
+        return (f"{self.scan.describe()}; {self.per_labeled:g} unlabelled window(s) per labelled one, weight "
+                f"{self.weight:g}, pseudo-labels {'on (threshold %g)' % self.threshold if self.pseudo_labels else 'off'}.")
+
+    def record(self) -> dict:
+        return {"files": list(self.scan.files), "notes": self.scan.notes, "blank_lines": self.scan.blank_lines,
+                "per_labeled": self.per_labeled, "weight": self.weight, "pseudo_labels": self.pseudo_labels,
+                "pseudo_label_threshold": self.threshold}
 
 
 @dataclass
@@ -127,12 +178,14 @@ class StageData:
     train: list[Example]
     val: list[Example]
     test: list[Example] | None
+    unlabeled: UnlabeledScan | None = None
 
 
 def read_stage_data(data, label2id: dict[str, int]) -> StageData:
-    """The train, val and test files of the config's `data` section."""
+    """The train, val and test files of the config's `data` section, and a check of its unlabelled files."""
     return StageData(read_examples(data.train_file, label2id), read_examples(data.val_file, label2id),
-                     read_examples(data.test_file, label2id) if data.test_file else None)
+                     read_examples(data.test_file, label2id) if data.test_file else None,
+                     check_unlabeled_files(data.unlabeled_files) if data.unlabeled_files else None)
 
 
 @dataclass
@@ -198,6 +251,7 @@ class LoopState:
     elapsed: float = 0.0         # seconds spent before this process
     log_sums: dict = field(default_factory=dict)  # loss sums since the last log line
     log_batches: int = 0         # micro-batches in those sums
+    unlabeled_positions: list = field(default_factory=list)  # the unlabelled stream's position, per rank
 
     @classmethod
     def from_checkpoint(cls, record: dict) -> "LoopState":
@@ -377,6 +431,8 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
                             "run again without --resume.") from error
     loop.optim.load_state_dict(checkpoint)
     state, loop.pending_rng = LoopState.from_checkpoint(checkpoint["state"]), checkpoint["rng"]
+    if stage.unlabeled is not None:
+        _restore_unlabeled(stage, state.unlabeled_positions)
     changes = _describe_config_changes(checkpoint.get("config", {}), stage.config_record)
     stage.say(f"Resuming from epoch {state.epoch + 1}, step {state.global_step} "
               f"(best val F1 so far {max(state.best_f1, 0):.4f}).")
@@ -390,6 +446,20 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
         with publishing(log_path) as staging:
             staging.write_text("".join(l + "\n" for l in lines))
     return state
+
+
+def _restore_unlabeled(stage: Stage, positions: list) -> None:
+    """Put this rank's unlabelled stream where the checkpoint left it."""
+    runtime = stage.runtime
+    if len(positions) == runtime.world_size:
+        stage.unlabeled.stream.restore(positions[runtime.rank])
+    elif positions:
+        raise PipelineError(f"--resume: the checkpoint was written by {len(positions)} process(es) reading the "
+                            f"unlabelled notes, this run has {runtime.world_size}; resume with the same number of "
+                            "processes.")
+    else:
+        stage.say("The checkpoint has no position in the unlabelled notes (the run started without them): "
+                  "they are read from the start.")
 
 
 def train_one_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss, stop: StopFlag) -> str | None:
@@ -451,36 +521,86 @@ def end_of_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLos
 
 
 def step_loss(model, student: NERModel, teacher: NERModel | None, batch, weights: LossWeights, temperature: float,
-              mapping: KDMapping | None, autocast=nullcontext,
-              student_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              mapping: KDMapping | None, autocast=nullcontext, student_ids: torch.Tensor | None = None,
+              unlabeled: "UnlabeledBatch | None" = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forward half of a training step: teacher targets, student outputs, weighted losses.
 
     `model` is the student or its DDP wrapper. The batch holds the teacher's ids; `student_ids`
-    turns them into the student's for a student with a trimmed vocabulary. Nothing here waits
-    for the device (no data-dependent shapes, no .item()), so the GPU runs ahead of Python
-    between log steps.
+    turns them into the student's for a student with a trimmed vocabulary. With `unlabeled`, its
+    windows join the batch in the same forward pass and add their teacher terms (named
+    `<term>_unlabeled` in the log). Nothing here waits for the device (no data-dependent shapes,
+    no .item()) unless pseudo-labels are on, so the GPU runs ahead of Python between log steps.
     """
-    targets = _teacher_targets(teacher, batch, weights, student.info.teacher_layers, autocast)
+    labelled = batch.input_ids.size(0)
+    if unlabeled is not None:
+        batch = join_batches(batch, unlabeled.batch, unlabeled.pad_id, unlabeled.fill_label)
+    targets = _teacher_targets(teacher, batch, weights, student.info.teacher_layers, autocast,
+                               emissions=unlabeled is not None and unlabeled.pseudo is not None)
     input_ids = batch.input_ids if student_ids is None else student_ids[batch.input_ids]
     with autocast():
         out = model(input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
         emissions = word_level_emissions(out.logits, batch.word_starts)
         hidden = list(out.hidden_states[1:]) if weights.hidden > 0 else None
-        return combined_loss(emissions, hidden, targets, batch.word_labels, batch.word_mask, batch.attention_mask,
-                             student.crf, weights, mapping, temperature)
+        part = lambda rows: (emissions[rows], None if hidden is None else [h[rows] for h in hidden],
+                             _rows_of(targets, rows), batch.word_labels[rows], batch.word_mask[rows],
+                             batch.attention_mask[rows])
+        loss, terms = combined_loss(*part(slice(0, labelled)), student.crf, weights, mapping, temperature)
+        if unlabeled is None:
+            return loss, terms
+        rows = slice(labelled, None)
+        extra, extra_terms = combined_loss(*part(rows), None, replace(weights, ce=0.0, crf=0.0), mapping, temperature)
+        if unlabeled.pseudo is not None:
+            tags, known = pseudo_label_targets(targets.emissions[rows], batch.word_mask[rows], *unlabeled.pseudo)
+            extra_terms["pseudo_crf"] = partial_crf_nll(student.crf, emissions[rows], tags, known, batch.word_mask[rows])
+            extra = extra + weights.crf * extra_terms["pseudo_crf"]
+        terms.update({f"{name}_unlabeled": value for name, value in extra_terms.items()})
+        return loss + unlabeled.weight * extra, terms
+
+
+@dataclass(frozen=True)
+class UnlabeledBatch:
+    """Unlabelled windows for one step, and what `step_loss` needs to use them."""
+    batch: object                      # a data_loader.Batch without labels
+    weight: float
+    pad_id: int
+    fill_label: int                    # the student's O, as the label of unlabelled words (KD masks by it)
+    pseudo: tuple | None               # (teacher labels, student label2id, type map, threshold), or None
+
+
+def _rows_of(targets: TeacherTargets | None, rows: slice) -> TeacherTargets | None:
+    if targets is None:
+        return None
+    return TeacherTargets(None if targets.emissions is None else targets.emissions[rows],
+                          None if targets.hidden is None else [h[rows] for h in targets.hidden])
 
 
 def _teacher_targets(teacher: NERModel | None, batch, weights: LossWeights,
-                     teacher_layers: tuple[int, ...], autocast) -> TeacherTargets | None:
-    if teacher is None or (weights.kd == 0 and weights.hidden == 0):
+                     teacher_layers: tuple[int, ...], autocast, emissions: bool = False) -> TeacherTargets | None:
+    want_emissions = weights.kd > 0 or emissions
+    if teacher is None or (not want_emissions and weights.hidden == 0):
         return None
     with torch.inference_mode(), autocast():
         out = teacher(batch.input_ids, batch.attention_mask, output_hidden_states=weights.hidden > 0)
-        emissions = word_level_emissions(out.logits, batch.word_starts) if weights.kd > 0 else None
+        emissions = word_level_emissions(out.logits, batch.word_starts) if want_emissions else None
         hidden = [out.hidden_states[l + 1] for l in teacher_layers] if weights.hidden > 0 else None
     # inference tensors cannot be saved for backward: clone them into normal tensors
     return TeacherTargets(None if emissions is None else emissions.float().clone(),
                           None if hidden is None else [h.clone() for h in hidden])
+
+
+def _unlabeled_batch(stage: Stage, loop: Loop, labelled: int) -> UnlabeledBatch | None:
+    """The unlabelled windows that go with a labelled batch of `labelled` windows (None without them)."""
+    unlabeled = stage.unlabeled
+    if unlabeled is None:
+        return None
+    windows = unlabeled.stream.take(unlabeled.windows_for(labelled))
+    pad_id = stage.train_tokenizer.pad_token_id
+    pseudo = None
+    if unlabeled.pseudo_labels:
+        label2id = {label: i for i, label in enumerate(stage.student.labels)}
+        pseudo = (stage.teacher.labels, label2id, stage.projection.teacher_type_map, unlabeled.threshold)
+    return UnlabeledBatch(collate_windows(windows, pad_id).to(stage.runtime.device), unlabeled.weight, pad_id,
+                          stage.student.labels.index("O"), pseudo)
 
 
 def _forward_backward(stage: Stage, loop: Loop, state: LoopState, batch, boundary: bool):
@@ -490,7 +610,8 @@ def _forward_backward(stage: Stage, loop: Loop, state: LoopState, batch, boundar
     try:
         with sync:
             loss, terms = step_loss(loop.model, stage.student, stage.teacher, batch, stage.weights,
-                                    stage.temperature, loop.mapping, loop.autocast, loop.student_ids)
+                                    stage.temperature, loop.mapping, loop.autocast, loop.student_ids,
+                                    _unlabeled_batch(stage, loop, batch.input_ids.size(0)))
             loop.optim.backward(loss, stage.training.grad_accumulation_steps)
         if boundary:
             loop.optim.step()
@@ -554,6 +675,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def save_checkpoint(stage: Stage, loop: Loop, state: LoopState, running: RunningLoss) -> None:
     """Write the checkpoint folder as a whole (main process only): staged, then swapped in, so a
     crash keeps the last one."""
+    if stage.unlabeled is not None:
+        positions = [stage.unlabeled.stream.state()]
+        if stage.runtime.distributed:  # each rank reads its own share of the notes: keep every position
+            positions = [None] * stage.runtime.world_size
+            torch.distributed.all_gather_object(positions, stage.unlabeled.stream.state(), group=loop.stop_group)
+        state.unlabeled_positions = positions
     if not stage.runtime.is_main:
         return
     saved = replace(state, log_sums=running.saved(), log_batches=running.batches)
@@ -656,6 +783,11 @@ def run_stage(stage: Stage, data: StageData, resume: bool) -> int:
                "package_versions": package_versions(), "command": stage.command, "config": stage.config_record,
                "data": stage_data(stage.config_record["data"], {"train": len(data.train), "validation": len(data.val),
                                                                 **({"test": len(data.test)} if data.test else {})})}
+    if stage.unlabeled is not None:
+        stage.say(f"Unlabelled: {stage.unlabeled.describe()}")
+        summary["unlabeled"] = stage.unlabeled.record()
+        summary["data"]["unlabeled"] = {"file": ", ".join(stage.unlabeled.scan.files),
+                                        "sentences": stage.unlabeled.scan.notes}
     if stage.teacher is not None:
         summary["teacher"] = stage.teacher.info.teacher
         summary["parameters"]["teacher"] = count_parameters(stage.teacher)

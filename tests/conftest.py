@@ -85,14 +85,14 @@ def bio_teacher(request, europeana) -> Path:
     return _make_teacher(request, "bio_teacher", 300, 1, labels=BIO_LABELS)
 
 
-def write_config(path: Path, data: Path, teacher: Path, **sections) -> Path:
+def write_config(path: Path, data_dir: Path, teacher: Path, **sections) -> Path:
     """A YAML config for the tiny setting; `sections` override keys, e.g. training={"max_epochs": 1}."""
     import yaml
     config = {
         "teacher": {"model_name": str(teacher)},
         "student": {"num_layers": 3, "use_crf": True},
-        "data": {"train_file": str(data / "train.jsonl"), "val_file": str(data / "val.jsonl"),
-                 "test_file": str(data / "test.jsonl"), "label2id_file": str(data / "label2id.json"),
+        "data": {"train_file": str(data_dir / "train.jsonl"), "val_file": str(data_dir / "val.jsonl"),
+                 "test_file": str(data_dir / "test.jsonl"), "label2id_file": str(data_dir / "label2id.json"),
                  "max_seq_length": 64},
         "training": {"batch_size": 16, "eval_batch_size": 64, "learning_rate": 1e-3, "max_epochs": 1,
                      "warmup_ratio": 0.0, "log_every_steps": 5, "checkpoint_every_steps": 0,
