@@ -68,16 +68,22 @@ def logit_difference(model, backbone, eval_windows, pad_id: int) -> float:
     return float((ours - theirs).abs()[mask].max())
 
 
-def default_test_file(model_dir: Path) -> str | None:
-    """The test file the model's stage read, when its summary names one that still exists."""
+def stage_summary(model_dir: Path) -> dict:
+    """The summary of the stage that wrote the model (training_summary.json or pruning_summary.json), or {}."""
     for name in (SUMMARY_FILE, "pruning_summary.json"):
         try:
-            test_file = json.loads((model_dir / name).read_text())["config"]["data"]["test_file"]
-        except (OSError, ValueError, KeyError, TypeError):
+            summary = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):
             continue
-        if test_file and Path(test_file).is_file():
-            return test_file
-    return None
+        if isinstance(summary, dict):
+            return summary
+    return {}
+
+
+def default_test_file(summary: dict) -> str | None:
+    """The test file the model's stage read, when its summary names one that still exists."""
+    test_file = ((summary.get("config") or {}).get("data") or {}).get("test_file")
+    return test_file if isinstance(test_file, str) and Path(test_file).is_file() else None
 
 
 def standard_tokenizer_files(folder: Path, max_subwords: int) -> None:
@@ -107,7 +113,8 @@ def main(argv=None) -> int:
     prepare_output_dir(output, overwrite=args.overwrite, create=False)
     if args.data and not Path(args.data).is_file():
         raise PipelineError(f"--data {args.data}: no such file.")
-    data_file = args.data or default_test_file(source)
+    summary = stage_summary(source)
+    data_file = args.data or default_test_file(summary)
 
     model, tokenizer = load_model(source)
     labels = list(model.labels)
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
                 scores[PLAIN] = seqeval_scores(eval_set.tags, plain_pipeline_tags(staging, eval_set.sentences))
         if args.onnx:
             export_onnx(model, staging / "onnx")
-        data = _source_data(source)
+        data = dict(summary.get("data") or {})
         if eval_set is not None:
             data["evaluation"] = {"file": data_file, "sentences": len(eval_set.sentences)}
         write_json(staging / "export_summary.json", {
@@ -156,16 +163,6 @@ def main(argv=None) -> int:
     print(f"Exported {source} -> {output} (full shapes, largest logit difference {difference:.1e}"
           + (f"; on {data_file}: {line}" if line else "") + ").")
     return 0
-
-
-def _source_data(source: Path) -> dict:
-    """The data record of the stage that wrote the model (training_summary.json or pruning_summary.json)."""
-    for name in (SUMMARY_FILE, "pruning_summary.json"):
-        try:
-            return dict(json.loads((source / name).read_text())["data"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return {}
 
 
 def _probe_windows(tokenizer):

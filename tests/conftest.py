@@ -85,6 +85,24 @@ def bio_teacher(request, europeana) -> Path:
     return _make_teacher(request, "bio_teacher", 300, 1, labels=BIO_LABELS)
 
 
+def stop_after(steps: int):
+    """A `training.StopFlag` that behaves like a SIGTERM arriving after the `steps`-th optimizer step."""
+    import training
+
+    class StopAtCheck(training.StopFlag):
+        def __init__(self):
+            super().__init__()
+            self.checks = 0
+
+        @property
+        def requested(self):
+            self.checks += 1
+            if self.checks == steps:
+                self.signal_name = "SIGTERM"
+            return self.signal_name is not None
+    return StopAtCheck
+
+
 def write_config(path: Path, data_dir: Path, teacher: Path, **sections) -> Path:
     """A YAML config for the tiny setting; `sections` override keys, e.g. training={"max_epochs": 1}."""
     import yaml

@@ -12,7 +12,7 @@ import torch
 
 import train_kd
 import training
-from conftest import REPO, read_json, write_config
+from conftest import REPO, read_json, stop_after, write_config
 from data_loader import read_examples
 from decoding import predict, seqeval_scores
 from models import load_model
@@ -64,20 +64,7 @@ def read_json_line(line):
     return json.loads(line)
 
 
-class StopAtCheck(training.StopFlag):
-    """Behaves like a SIGTERM arriving after the n-th optimizer step."""
-    steps = 7
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        if self.checks == self.steps:
-            self.signal_name = "SIGTERM"
-        return self.signal_name is not None
+StopAtCheck = stop_after(7)
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, monkeypatch):

@@ -11,7 +11,7 @@ from torchcrf import CRF
 
 import train_kd
 import training
-from conftest import REPO, read_json, write_config
+from conftest import REPO, read_json, stop_after, write_config
 from data_loader import collate_windows, join_batches, read_examples
 from losses import crf_nll, partial_crf_nll, pseudo_label_targets
 from models import load_teacher
@@ -151,20 +151,7 @@ def test_stage_one_distils_on_unlabelled_notes_and_records_them(tmp_path, europe
     assert "- unlabeled: `notes.txt`, `more.jsonl.gz`, 90 notes" in (out / "README.md").read_text()
 
 
-class StopAtCheck(training.StopFlag):
-    """Behaves like a SIGTERM arriving after the n-th optimizer step."""
-    steps = 6
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        if self.checks == self.steps:
-            self.signal_name = "SIGTERM"
-        return self.signal_name is not None
+StopAtCheck = stop_after(6)
 
 
 def test_a_resumed_run_reads_the_same_unlabelled_windows(tmp_path, europeana, io_teacher, notes, monkeypatch):
