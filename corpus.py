@@ -504,6 +504,7 @@ def run_summary(manifest: dict, records: list[dict], started: list[float], shard
             "settings": manifest["settings"], "processes": shards, "chunks": len(records),
             "lines": total("lines", records), "blank_lines": total("blank_lines", records),
             "words": total("words", records), "entities": total("entities", records),
+            "peak_rss_mib": max((r["peak_rss_mib"] for r in records), default=None),  # of the largest process
             "this_run": {"chunks": len(now_done), "resumed_chunks": len(records) - len(now_done),
                          "lines": total("lines", now_done), "words": total("words", now_done),
                          "wall_time_s": round(wall, 2), "lines_per_s": round(total("lines", now_done) / wall, 1),

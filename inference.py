@@ -35,7 +35,12 @@ from data_loader import encode_sentences
 from decoding import entities_of, predict_windows
 from models import load_any_model
 from precision import PRECISIONS, for_inference, weights_fingerprint
-from utils import PipelineError, init_runtime, run_cli
+from utils import PipelineError, init_runtime, peak_rss_mib, run_cli
+
+
+# On a CPU, batches of at most 2048 tokens ran 1.4x faster than 32 windows of up to 512 subwords,
+# and two processes on two cores scaled 2x instead of 1.2x (tools/corpus_throughput.py; cache-bound).
+CPU_MAX_TOKENS = 2048
 
 
 def prepared_chunks(corpus, lines, tokenizer, max_length, chunks):
@@ -81,8 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="JSON lines to write")
     parser.add_argument("--batch-size", type=int, default=32, help="most windows per forward pass (default 32)")
     parser.add_argument("--max-tokens", type=int,
-                        help="most tokens per forward pass, padding included (e.g. 16384 on a GPU); default: "
-                             "--batch-size alone decides")
+                        help="most tokens per forward pass, padding included (default: 2048 on a CPU, where small "
+                             "batches stay in cache; on a GPU --batch-size alone decides unless set, e.g. 32768)")
     parser.add_argument("--max-length", type=int,
                         help="subwords per window, at most the model's; longer texts use overlapping windows "
                              "(default: the window the model was trained and validated with, else 512)")
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
     weights = weights_fingerprint(model)
     tagger, autocast = for_inference(model, args.model, args.precision, runtime.device)
     max_length = min(args.max_length or model.max_subwords, model.max_subwords)
+    if args.max_tokens is None and runtime.device.type == "cpu":
+        args.max_tokens = max(CPU_MAX_TOKENS, max_length)
     if args.max_tokens is not None and args.max_tokens < max_length:
         raise PipelineError(f"--max-tokens {args.max_tokens}: must hold one whole window ({max_length} tokens).")
     manifest = {"input": input_fingerprint(source), "model": {"weights_sha256": weights},
@@ -153,7 +160,8 @@ def main(argv=None) -> int:
         now = time.monotonic()
         commit_chunk(parts, index, "".join(rows).encode("utf-8"),
                      {"lines": len(parsed), "blank_lines": sum(not line.words for line in parsed), "words": words,
-                      "entities": found, "seconds": round(now - last, 3), "finished": time.time(), "shard": str(shard)})
+                      "entities": found, "seconds": round(now - last, 3), "finished": time.time(), "shard": str(shard),
+                      "peak_rss_mib": peak_rss_mib()})
         last = now
         if args.progress and (report := progress.update(len(parsed), words)):
             print(report, file=sys.stderr, flush=True)

@@ -276,6 +276,17 @@ def write_text(path: str | Path, text: str) -> None:
         staging.write_text(text, encoding="utf-8")
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (VmHWM: unlike getrusage, not inherited from
+    the parent that started it)."""
+    try:
+        with open("/proc/self/status") as status:
+            return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that decide the results."""
     versions = {"python": sys.version.split()[0]}
