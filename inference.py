@@ -38,8 +38,9 @@ from precision import PRECISIONS, for_inference, weights_fingerprint
 from utils import PipelineError, init_runtime, peak_rss_mib, run_cli
 
 
-# On a CPU, batches of at most 2048 tokens ran 1.4x faster than 32 windows of up to 512 subwords,
-# and two processes on two cores scaled 2x instead of 1.2x (tools/corpus_throughput.py; cache-bound).
+# On a CPU, batches of 32 windows of up to 512 subwords are cache-bound: two processes on two cores
+# gave 1.5x the words/s of one; with at most 2048 tokens per batch, 1.86x, and one process was
+# faster too (tools/corpus_throughput.py, int8 at camembert-base shapes).
 CPU_MAX_TOKENS = 2048
 
 
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
     model, tokenizer = load_any_model(args.model, runtime.device)
     weights = weights_fingerprint(model)
     tagger, autocast = for_inference(model, args.model, args.precision, runtime.device)
-    max_length = min(args.max_length or model.max_subwords, model.max_subwords)
+    del model  # with int8, the tagger holds only the CRF of it
+    max_length = min(args.max_length or tagger.max_subwords, tagger.max_subwords)
     if args.max_tokens is None and runtime.device.type == "cpu":
         args.max_tokens = max(CPU_MAX_TOKENS, max_length)
     if args.max_tokens is not None and args.max_tokens < max_length:
