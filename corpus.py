@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from data_loader import Word, split_words
-from utils import PipelineError, holder_is_gone, holder_of, is_running, output_lock
+from utils import PipelineError, describe_changes, holder_is_gone, holder_of, is_running, output_lock
 
 SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 _CHUNK_RE = re.compile(r"chunk-(\d{8})\.json")
@@ -352,17 +352,6 @@ def _write_file(path: Path, data: bytes) -> None:
     os.replace(staging, path)
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    found = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key} ({a} then, {b} now)")
-    return found
-
-
 def check_output(target: Path, shard: Shard, resume: bool, overwrite: bool) -> None:
     """The refusals that need no model: cheap, so run before any slow work (and again under the lock)."""
     parts = parts_folder(target)
@@ -405,9 +394,9 @@ def prepare_parts(target: Path, manifest: dict, shard: Shard, resume: bool, over
         elif old is None and target.exists():  # check_output made sure this is a --resume: it is complete
             return None
         elif old is not None and _compared(old) != _compared(manifest):
-            raise PipelineError(f"--output {target}: the unfinished run in {parts} was made with a different "
-                                f"{'; '.join(_differences(_compared(old), _compared(manifest)))}. Run it again as "
-                                "it was to finish it, or use --overwrite to start this one.")
+            raise PipelineError(f"--output {target}: the unfinished run in {parts} was made otherwise "
+                                f"({'; '.join(describe_changes(_compared(old), _compared(manifest)))}). Run it again "
+                                "as it was to finish it, or use --overwrite to start this one.")
         parts.mkdir(parents=True, exist_ok=True)
         for leftover in parts.glob(".*.staging-*"):  # what a killed process was writing
             if not is_running(int(leftover.name.rpartition("-")[2])):

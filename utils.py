@@ -120,6 +120,18 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
     return path
 
 
+def describe_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """`key.sub: old -> new` for every value that differs between two nested dicts."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """Rows of cells as an aligned Markdown table (for terminals and the README alike)."""
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]

@@ -133,7 +133,7 @@ def test_parts_folder_refusals(tmp_path):
     corpus.release_shard(parts, one)
     with pytest.raises(PipelineError, match="an unfinished run is in .*Use --resume to continue it"):
         corpus.check_output(target, one, resume=False, overwrite=False)
-    with pytest.raises(PipelineError, match=r"different settings.batch_size \(32 then, 8 now\)"):
+    with pytest.raises(PipelineError, match=r"made otherwise \(settings.batch_size: 32 -> 8\)"):
         corpus.prepare_parts(target, _manifest(batch_size=8), one, resume=True, overwrite=False)
     corpus.release_shard(parts, one)
     assert corpus.prepare_parts(target, _manifest(), one, resume=True, overwrite=False) == {0}

@@ -227,7 +227,7 @@ def test_a_killed_run_resumes_to_the_same_file(tmp_path, stage1_artifact, notes)
     assert again.returncode == 2 and "Use --resume to continue it, or --overwrite" in again.stderr
     changed = subprocess.run(command + ["--resume", "--batch-size", "8"], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
-    assert changed.returncode == 2 and "different settings.batch_size (32 then, 8 now)" in changed.stderr
+    assert changed.returncode == 2 and "made otherwise (settings.batch_size: 32 -> 8)" in changed.stderr
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert out.read_bytes() == expected * 4
