@@ -66,7 +66,8 @@ $(DEMO)/report.json: $(DEMO)/entities.jsonl
 		--model $(DEMO)/student_final
 
 # --- the real pipeline (RunPod) -----------------------------------------------------------
-# Stops at the first failing stage. A stage stopped by a signal resumes from its checkpoint.
+# Stops at the first failing stage. A stage stopped by a signal resumes from its checkpoint, and
+# inference from its last chunk.
 # The main config writes artifacts/student_10L*; another config writes the same folders under
 # artifacts/<config name>/ (e.g. artifacts/kd_camembert_compact/student_10L_final).
 
@@ -88,7 +89,8 @@ $(RUN)/student_10L_final/training_summary.json: $(RUN)/student_10L_pruned/prunin
 		--output $(RUN)/student_10L_final $(call resume_flag,$(RUN)/student_10L_final)
 
 $(RUN)/entities.jsonl: $(RUN)/student_10L_final/training_summary.json $(INPUT)
-	$(PIPELINE_PY) inference.py --model $(RUN)/student_10L_final --input $(INPUT) --output $@
+	$(PIPELINE_PY) inference.py --model $(RUN)/student_10L_final --input $(INPUT) --output $@ \
+		$(if $(wildcard $@.parts/manifest.json),--resume,)
 
 clean:
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -451,10 +451,25 @@ def join_batches(first: Batch, second: Batch, pad_id: int, fill_label: int = 0) 
                  torch.cat([pad(l, words, fill_label) for l in labels]))
 
 
-def batches_by_length(windows: list[EncodedWindow], batch_size: int) -> list[list[int]]:
-    """Window indices in batches of similar length (for evaluation: no shuffling)."""
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def batches_by_length(windows: list[EncodedWindow], batch_size: int, max_tokens: int | None = None,
+                      sort: bool = True) -> list[list[int]]:
+    """Window indices in batches of similar length (for evaluation and inference: no shuffling).
+
+    A batch holds at most `batch_size` windows and, with `max_tokens`, at most that many tokens
+    once padded (windows x the longest; a window longer than the budget is a batch of its own).
+    `sort=False` keeps the input order (to measure what sorting gains).
+    """
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids)) if sort else range(len(windows))
+    batches, batch, longest = [], [], 0
+    for index in order:
+        size = len(windows[index].input_ids)
+        fits = len(batch) < batch_size and (max_tokens is None or (len(batch) + 1) * max(longest, size) <= max_tokens)
+        if batch and not fits:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(index)
+        longest = max(longest, size)
+    return batches + [batch] if batch else batches
 
 
 class LengthGroupedBatchSampler(Sampler):

@@ -182,14 +182,24 @@ def crf_marginals(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tens
     return torch.exp(alpha + beta - log_z.view(-1, 1, 1)) * mask.unsqueeze(-1)
 
 
-def decode_emissions(model: Tagger, emissions: list[torch.Tensor]) -> list[Prediction]:
-    """Decode whole-sentence word emissions (each (W, C), float) into BIO predictions."""
+def decode_emissions(model: Tagger, emissions: list[torch.Tensor], group_size: int = 64) -> list[Prediction]:
+    """Decode whole-sentence word emissions (each (W, C), float) into BIO predictions.
+
+    Sentences are decoded in groups of similar length, so that one long text among many short
+    ones costs no padding (memory stays that of `group_size` texts, not of all of them).
+    """
+    predictions: list[Prediction | None] = [Prediction([], []) if e.size(0) == 0 else None for e in emissions]
+    by_length = sorted((i for i, e in enumerate(emissions) if e.size(0) > 0), key=lambda i: emissions[i].size(0))
+    for begin in range(0, len(by_length), group_size):
+        group = by_length[begin:begin + group_size]
+        for i, prediction in zip(group, _decode_group(model, [emissions[i] for i in group])):
+            predictions[i] = prediction
+    return predictions
+
+
+def _decode_group(model: Tagger, emissions: list[torch.Tensor]) -> list[Prediction]:
     predictions: list[Prediction | None] = [None] * len(emissions)
-    nonempty = [i for i, e in enumerate(emissions) if e.size(0) > 0]
-    for i in set(range(len(emissions))) - set(nonempty):
-        predictions[i] = Prediction([], [])
-    if not nonempty:
-        return predictions
+    nonempty = list(range(len(emissions)))
     padded = torch.nn.utils.rnn.pad_sequence([emissions[i] for i in nonempty], batch_first=True)
     mask = torch.nn.utils.rnn.pad_sequence(
         [torch.ones(emissions[i].size(0), dtype=torch.bool) for i in nonempty], batch_first=True)
@@ -247,11 +257,13 @@ def _eval_mode(model: Tagger):
 @torch.inference_mode()
 def predict_windows(model: Tagger, windows: list[EncodedWindow], num_words: list[int],
                     pad_id: int, batch_size: int = 64, device: torch.device | str = "cpu",
-                    autocast=nullcontext) -> list[Prediction]:
-    """Predict every sentence from its encoded windows (see `encode_sentences`)."""
+                    autocast=nullcontext, max_tokens: int | None = None,
+                    sort_by_length: bool = True) -> list[Prediction]:
+    """Predict every sentence from its encoded windows (see `encode_sentences`), in batches of
+    similar length (see `data_loader.batches_by_length`); the order of the result is the input's."""
     per_sentence: list[list[tuple[int, int, torch.Tensor]]] = [[] for _ in num_words]
     with _eval_mode(model):
-        for indices in batches_by_length(windows, batch_size):
+        for indices in batches_by_length(windows, batch_size, max_tokens, sort_by_length):
             chunk = [windows[i] for i in indices]
             batch = collate_windows(chunk, pad_id).to(device)
             with autocast():

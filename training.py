@@ -38,8 +38,8 @@ from losses import KDMapping, TeacherTargets, combined_loss, partial_crf_nll, ps
 from model_card import CARD_NAME, card_for_model, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
 from precision import autocast_for, resolve_precision
-from utils import (PipelineError, Runtime, find_published, package_versions, prepare_output_dir, publishing, write_json,
-                   write_text)
+from utils import (PipelineError, Runtime, describe_changes, find_published, package_versions, prepare_output_dir,
+                   publishing, write_json, write_text)
 from unlabeled import UnlabeledScan, UnlabeledStream, check_unlabeled_files
 from vocabulary import teacher_to_student_ids
 
@@ -433,7 +433,7 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
     state, loop.pending_rng = LoopState.from_checkpoint(checkpoint["state"]), checkpoint["rng"]
     if stage.unlabeled is not None:
         _restore_unlabeled(stage, state.unlabeled_positions)
-    changes = _describe_config_changes(checkpoint.get("config", {}), stage.config_record)
+    changes = describe_changes(checkpoint.get("config", {}), stage.config_record)
     stage.say(f"Resuming from epoch {state.epoch + 1}, step {state.global_step} "
               f"(best val F1 so far {max(state.best_f1, 0):.4f}).")
     if changes:
@@ -706,16 +706,6 @@ def load_student_for_resume(run_dir: Path, device) -> tuple[NERModel, object]:
     """The student as saved in the run's checkpoint (its architecture comes from there)."""
     return load_model(find_checkpoint(run_dir), device)
 
-
-def _describe_config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _describe_config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,9 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -64,8 +66,9 @@ class Runtime:
         return self.world_size > 1
 
 
-def init_runtime(device: str = "auto") -> Runtime:
-    """Pick the device and, under torchrun (RANK in the environment), join the process group."""
+def init_runtime(device: str = "auto", join_group: bool = True) -> Runtime:
+    """Pick the device and, under torchrun (RANK in the environment), this process's GPU and (with
+    `join_group`) the process group."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError(f"--device {device} asked for, but no CUDA GPU is visible "
@@ -76,7 +79,8 @@ def init_runtime(device: str = "auto") -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if join_group:
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Runtime(torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"), rank, world_size, local_rank)
 
 
@@ -114,6 +118,18 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def describe_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """`key.sub: old -> new` for every value that differs between two nested dicts."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -165,13 +181,65 @@ def find_published(target: str | Path) -> Path | None:
     target = Path(target)
     for leftover in sorted(target.parent.glob(glob.escape(f".{target.name}.") + "*-[0-9]*")):
         kind, _, pid = leftover.name[len(target.name) + 2:].rpartition("-")
-        if kind not in ("staging", "old") or not pid.isdigit() or _is_running(int(pid)):
+        if kind not in ("staging", "old") or not pid.isdigit() or is_running(int(pid)):
             continue
         if kind == "old" and not target.exists():
             leftover.rename(target)
         else:
             _remove(leftover)
     return target if target.exists() else None
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
+    """Hold `TARGET.lock` (it names the holder's PID and host) while the block runs.
+
+    Two processes setting up the same output take turns. A lock left by a dead process of this
+    host is taken over; one held longer than `wait_s` is an error naming its holder.
+    """
+    lock = Path(target).with_name(Path(target).name + ".lock")
+    holder_of_mine = f"{os.getpid()} {socket.gethostname()}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, host = holder_of(lock)
+            if pid is None and not lock.exists():
+                continue  # released between the two calls
+            if pid is not None and host == socket.gethostname() and not is_running(pid):
+                lock.unlink(missing_ok=True)  # its holder died
+                continue
+            if time.monotonic() > deadline:
+                raise PipelineError(f"{target} is in use by process {pid} on {host} (lock file {lock}); wait for "
+                                    f"it to finish, or delete {lock} if that process no longer runs.") from None
+            time.sleep(0.1)
+            continue
+        except OSError as error:
+            raise PipelineError(f"cannot write beside {target}: {error.strerror} ({lock}).") from None
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(holder_of_mine)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def holder_of(marker: Path) -> tuple[int | None, str]:
+    """(PID, host), the first two words of a lock or marker file (None when it is gone or unreadable)."""
+    try:
+        pid, host = marker.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, ""
+
+
+def holder_is_gone(marker: Path) -> bool:
+    """The process named in `marker` no longer runs (PID 0 means none; a PID of another host
+    cannot be checked and counts as running)."""
+    pid, host = holder_of(marker)
+    return pid == 0 or (pid is not None and host == socket.gethostname() and not is_running(pid))
 
 
 def _share_like_any_file(path: Path) -> None:
@@ -190,7 +258,8 @@ def _sibling(target: Path, kind: str, pid: int) -> Path:
     return target.with_name(f".{target.name}.{kind}-{pid}")
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether a process with this PID runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -217,6 +286,17 @@ def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with publishing(path) as staging:
         staging.write_text(text, encoding="utf-8")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (VmHWM: unlike getrusage, not inherited from
+    the parent that started it)."""
+    try:
+        with open("/proc/self/status") as status:
+            return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def package_versions() -> dict[str, str]:

@@ -342,8 +342,8 @@ def test_split_words_reproduces_the_training_tokenization():
 # -----------------------------------------------------------------------------
 # Encoding: subwords, windows, batches
 
-from data_loader import (LengthGroupedBatchSampler, collate_windows, encode_sentences,  # noqa: E402
-                         plan_windows, subword_pieces)
+from data_loader import (EncodedWindow, LengthGroupedBatchSampler, batches_by_length, collate_windows,  # noqa: E402
+                         encode_sentences, plan_windows, subword_pieces)
 
 LABELS = {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4}
 
@@ -440,6 +440,25 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     assert list(sampler) != batches
     sampler.set_epoch(0, skip_batches=5)
     assert list(sampler) == batches[5:] and len(sampler) == 58
+
+
+def test_evaluation_batches_by_count_and_by_token_budget():
+    lengths = [random.Random(i).randint(3, 120) for i in range(300)]
+    windows = [EncodedWindow(tuple(range(n)), (1,), None, i, 0) for i, n in enumerate(lengths)]
+    by_count = batches_by_length(windows, batch_size=16)
+    assert [len(b) for b in by_count] == [16] * 18 + [12]
+    assert [lengths[i] for b in by_count for i in b] == sorted(lengths)
+    by_budget = batches_by_length(windows, batch_size=64, max_tokens=1000)
+    assert sorted(i for b in by_budget for i in b) == list(range(300))
+    assert all(len(b) * max(lengths[i] for i in b) <= 1000 and len(b) <= 64 for b in by_budget)
+    # each batch is full: one more window would break the budget or the count
+    for batch, following in zip(by_budget, by_budget[1:]):
+        assert len(batch) == 64 or (len(batch) + 1) * lengths[following[0]] > 1000
+    assert len(by_budget) < len(batches_by_length(windows, batch_size=8))  # short windows share bigger batches
+    huge = windows + [EncodedWindow(tuple(range(2000)), (1,), None, 300, 0)]
+    assert batches_by_length(huge, batch_size=64, max_tokens=1000)[-1] == [300]  # alone, never dropped
+    unsorted = batches_by_length(windows, batch_size=16, sort=False)
+    assert [i for b in unsorted for i in b] == list(range(300))
 
 
 def test_distributed_shards_are_disjoint_with_equal_batch_counts():

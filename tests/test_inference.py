@@ -1,7 +1,9 @@
 """inference.py: input formats, order, blank lines, offsets, long inputs, bad input."""
+import gzip
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -106,21 +108,26 @@ def test_long_input_gives_the_same_result_whatever_the_windows(tmp_path, context
     assert spans == [(s.start, s.end) for s in bio_spans(one_pass[0].tags)] and rows[1]["text"] == "Court ."
 
 
-def test_input_is_streamed_in_chunks(tmp_path, stage1_artifact, monkeypatch):
+def test_input_is_read_and_predicted_chunk_by_chunk(tmp_path, stage1_artifact, monkeypatch):
     source = tmp_path / "many.txt"
     source.write_text("".join(f"Ligne {i} à Paris .\n" for i in range(50)))
     seen = []
-    real_extract = inference.extract_entities
+    real_predict = inference.predict_windows
 
-    def counting_extract(model, tokenizer, texts, *args, **kwargs):
-        seen.append(len(texts))
-        return real_extract(model, tokenizer, texts, *args, **kwargs)
-    monkeypatch.setattr(inference, "extract_entities", counting_extract)
-    monkeypatch.setattr(inference, "CHUNK_LINES", 8)
+    def counting_predict(model, windows, num_words, *args, **kwargs):
+        seen.append(len(num_words))
+        return real_predict(model, windows, num_words, *args, **kwargs)
+    monkeypatch.setattr(inference, "predict_windows", counting_predict)
     out = tmp_path / "out.jsonl"
-    assert inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out)]) == 0
-    assert seen == [8] * 6 + [2]
+    chunk_mb = 200 / (1 << 20)  # 200 bytes: the lines (19 or 20 bytes) that start in them
+    assert inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out),
+                           "--chunk-mb", str(chunk_mb)]) == 0
+    assert len(seen) == -(-source.stat().st_size // 200) and sum(seen) == 50 and seen == [11, 10, 10, 10, 9]
     assert [r["text"] for r in records(out)] == [f"Ligne {i} à Paris ." for i in range(50)]
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert (summary["lines"], summary["words"], summary["chunks"], summary["processes"]) == (50, 250, len(seen), 1)
+    assert sum(len(r["entities"]) for r in records(out)) == summary["entities"]
+    assert not (tmp_path / "out.jsonl.parts").exists() and not (tmp_path / "out.jsonl.lock").exists()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -147,3 +154,118 @@ def test_missing_input_and_wrong_model_folder(tmp_path, stage1_artifact):
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "empty_model is neither a pipeline artifact nor a Hugging Face model folder" in wrong.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------
+# A corpus: shards, resuming, formats
+
+NOTES = [" ".join(["Le docteur Martin a reçu Mme Lefèvre à Lyon ."] * (1 + i % 7) + [f"Note {i} ."]) for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def notes(tmp_path_factory, stage1_artifact):
+    """300 notes of mixed length, and their entities from one process in one pass."""
+    folder = tmp_path_factory.mktemp("notes")
+    source = folder / "notes.txt"
+    source.write_text("\n".join(NOTES) + "\n", encoding="utf-8")
+    expected = folder / "expected.jsonl"
+    assert inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(expected)]) == 0
+    return source, expected.read_bytes()
+
+
+SMALL_CHUNKS = ["--chunk-mb", str(2000 / (1 << 20))]  # 2,000 bytes: about 20 chunks
+
+
+def test_torchrun_two_processes_write_what_one_process_writes(tmp_path, stage1_artifact, notes):
+    source, expected = notes
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "inference.py", "--model", str(stage1_artifact), "--input", str(source), "--output",
+                           str(out), *SMALL_CHUNKS], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes() == expected
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["processes"] == 2 and summary["lines"] == 300 and summary["this_run"]["resumed_chunks"] == 0
+    assert "shard 0/2" in done.stdout or "shard 1/2" in done.stdout  # the first to finish says who writes the file
+
+
+def test_shards_started_by_hand_and_gzip_jsonl_with_ids(tmp_path, stage1_artifact, notes):
+    source, expected = notes
+    rows = [{"id": f"n{i}", "site": i % 3, "text": t} for i, t in enumerate(NOTES)]
+    packed = tmp_path / "notes.jsonl.gz"
+    packed.write_bytes(gzip.compress("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()))
+    out = tmp_path / "out.jsonl"
+    common = ["--model", str(stage1_artifact), "--input", str(packed), "--output", str(out), "--keep-fields", "site",
+              *SMALL_CHUNKS]
+    assert inference.main(common + ["--shard", "1/2"]) == 0 and not out.exists()
+    assert inference.main(common + ["--shard", "0/2"]) == 0
+    got = records(out)
+    assert [(r["id"], r["site"]) for r in got] == [(r["id"], r["site"]) for r in rows]
+    plain = [json.loads(line) for line in expected.decode().splitlines()]
+    assert [{k: r[k] for k in ("text", "entities")} for r in got] == plain
+
+
+def test_a_killed_run_resumes_to_the_same_file(tmp_path, stage1_artifact, notes):
+    source, expected = notes
+    big = tmp_path / "big.txt"
+    big.write_text(source.read_text(encoding="utf-8") * 4, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "inference.py", "--model", str(stage1_artifact), "--input", str(big), "--output",
+               str(out), "--chunk-mb", str(500 / (1 << 20))]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "out.jsonl.parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("chunk-*.json"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    committed = len(list(parts.glob("chunk-*.json")))
+    total = -(-big.stat().st_size // 500)
+    assert 5 <= committed < total and not out.exists()
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "Use --resume to continue it, or --overwrite" in again.stderr
+    changed = subprocess.run(command + ["--resume", "--batch-size", "8"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert changed.returncode == 2 and "made otherwise (settings.batch_size: 32 -> 8)" in changed.stderr
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert out.read_bytes() == expected * 4
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["this_run"]["resumed_chunks"] >= committed and summary["lines"] == 1200
+    assert not parts.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_outputs_are_never_replaced_silently_nor_the_input(tmp_path, stage1_artifact, notes):
+    source, expected = notes
+    out = tmp_path / "out.jsonl"
+    args = ["--model", str(stage1_artifact), "--input", str(source), "--output", str(out)]
+    out.write_text("previous results\n")
+    with pytest.raises(PipelineError, match="out.jsonl exists. Use --resume to keep it .* --overwrite"):
+        inference.main(args)
+    assert out.read_text() == "previous results\n"
+    assert inference.main(args + ["--resume"]) == 0 and out.read_text() == "previous results\n"
+    assert inference.main(args + ["--overwrite"]) == 0 and out.read_bytes() == expected
+
+    link = tmp_path / "link.txt"
+    link.symlink_to(source)
+    with pytest.raises(PipelineError, match="is the --input file"):
+        inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(link)])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PipelineError, match="cannot write in .*a_file"):
+        inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output",
+                        str(tmp_path / "a_file" / "out.jsonl")])
+
+
+def test_a_missing_id_and_wrong_flags_are_reported_before_anything_is_written(tmp_path, stage1_artifact):
+    source = tmp_path / "notes.jsonl"
+    source.write_text('{"id": 1, "text": "Jean à Paris"}\n{"text": "Marie à Lyon"}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(PipelineError, match=r"notes.jsonl:2: no \"id\" field"):
+        inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out)])
+    with pytest.raises(PipelineError, match="--shard 3/2: expected i/N"):
+        inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out), "--shard", "3/2"])
+    with pytest.raises(PipelineError, match="--max-tokens 16: must hold one whole window"):
+        inference.main(["--model", str(stage1_artifact), "--input", str(source), "--output", str(out),
+                        "--id-field", "text", "--max-tokens", "16"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.jsonl"]
