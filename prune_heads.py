@@ -23,9 +23,11 @@ from models import count_parameters, heads_per_layer, load_model, neurons_per_la
 from precision import autocast_for, resolve_precision
 from pruning import heads_record, neurons_record, plan_neuron_count, plan_prune_count, prune_model
 from training import evaluate, make_eval_set
-from utils import init_runtime, package_versions, prepare_output_dir, publishing, run_cli, write_json, write_text
+from utils import (claim_output, init_runtime, package_versions, prepare_output_dir, publishing, releasing_claims,
+                   run_cli, write_json, write_text)
 
 
+@releasing_claims
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
+    claim_output(args.output)
     output = prepare_output_dir(args.output, overwrite=args.overwrite, create=False)
     runtime = init_runtime(args.device)
     precision = resolve_precision(config.training.mixed_precision, runtime.device)

@@ -17,10 +17,11 @@ from config import add_config_args, load_config
 from data_loader import read_label2id
 from models import build_student, count_parameters, load_teacher, project_labels, select_teacher_layers
 from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
-from utils import close_runtime, init_runtime, run_cli, set_seed
+from utils import close_runtime, init_runtime, releasing_claims, run_cli, set_seed
 from vocabulary import describe_trim, kept_ids, read_vocabulary_texts, trim_embeddings, trim_tokenizer
 
 
+@releasing_claims
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)

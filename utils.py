@@ -5,6 +5,7 @@ The config system is in config.py, precision and autocast choices in precision.p
 """
 
 import contextlib
+import functools
 import glob
 import importlib.metadata
 import json
@@ -197,8 +198,46 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
     Two processes setting up the same output take turns. A lock left by a dead process of this
     host is taken over; one held longer than `wait_s` is an error naming its holder.
     """
+    lock = _acquire_lock(Path(target), wait_s)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+_claims: set[Path] = set()
+
+
+def claim_output(target: str | Path) -> None:
+    """Hold `TARGET.lock` until `release_claims` (a main() wrapped in `releasing_claims` calls it
+    when it ends), so that a second run writing the same output is refused at once, naming the
+    first. A lock left by a dead process of this host is taken over."""
     lock = Path(target).with_name(Path(target).name + ".lock")
-    holder_of_mine = f"{os.getpid()} {socket.gethostname()}"
+    if lock in _claims and holder_of(lock) == (os.getpid(), socket.gethostname()):
+        return
+    _claims.add(_acquire_lock(Path(target), wait_s=0))
+
+
+def release_claims() -> None:
+    for lock in list(_claims):
+        if holder_of(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+        _claims.discard(lock)
+
+
+def releasing_claims(main: Callable[[list[str] | None], int | None]):
+    """A stage's main() that lets go of the outputs it claimed when it returns or fails."""
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None):
+        try:
+            return main(argv)
+        finally:
+            release_claims()
+    return wrapper
+
+
+def _acquire_lock(target: Path, wait_s: float) -> Path:
+    lock = target.with_name(target.name + ".lock")
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -210,7 +249,7 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
             if pid is not None and host == socket.gethostname() and not is_running(pid):
                 lock.unlink(missing_ok=True)  # its holder died
                 continue
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise PipelineError(f"{target} is in use by process {pid} on {host} (lock file {lock}); wait for "
                                     f"it to finish, or delete {lock} if that process no longer runs.") from None
             time.sleep(0.1)
@@ -218,12 +257,8 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
         except OSError as error:
             raise PipelineError(f"cannot write beside {target}: {error.strerror} ({lock}).") from None
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(holder_of_mine)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+            handle.write(f"{os.getpid()} {socket.gethostname()}")
+        return lock
 
 
 def holder_of(marker: Path) -> tuple[int | None, str]:

@@ -143,3 +143,20 @@ def test_bad_ffn_settings_write_nothing(tmp_path, tiny_config, stage1_artifact, 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_path, tiny_config, stage1_artifact):
+    output = tmp_path / "pruned"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "pruned.lock").write_text(f"{holder.pid} {__import__('socket').gethostname()}")
+        with pytest.raises(PipelineError, match=rf"pruned is in use by process {holder.pid} .*delete .*pruned.lock"):
+            prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(output)])
+        assert not output.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # its holder is gone: the lock is taken over, and released when the run ends
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output",
+                             str(output)]) == 0
+    assert (output / "pruning_summary.json").is_file() and not (tmp_path / "pruned.lock").exists()
