@@ -5,6 +5,7 @@ The config system is in config.py, precision and autocast choices in precision.p
 """
 
 import contextlib
+import errno
 import functools
 import glob
 import importlib.metadata
@@ -38,6 +39,13 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         code = main(argv)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        code = 2
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on the device{f' (writing {error.filename})' if error.filename else ''}. "
+              "Nothing half-written was published: free some space, then run the same command again (with "
+              "--resume for a training stage or inference.py, to continue where it stopped).", file=sys.stderr)
         code = 2
     sys.exit(code or 0)
 
@@ -131,6 +139,25 @@ def describe_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changes
+
+
+def check_writable(target: str | Path, inputs: tuple[str | Path, ...] = (), flag: str = "--output") -> None:
+    """Before any slow work: `target`'s folder can be written (it is created), `target` is not a
+    folder, and it is none of the `inputs` (links count: compared with samefile)."""
+    target = Path(target)
+    for source in inputs:
+        if target.exists() and Path(source).exists() and os.path.samefile(source, target):
+            raise PipelineError(f"{flag} {target} is the input file {source}: writing it would destroy the input. "
+                                f"Choose another {flag}.")
+    if target.is_dir():
+        raise PipelineError(f"{flag} {target}: is a folder; name the file to write.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.parent / f".{target.name}.probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise PipelineError(f"{flag} {target}: cannot write in {target.parent} ({error.strerror}).") from None
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,5 +1,6 @@
 """prune_heads.py on a stage-1 artifact: outputs, reload, re-pruning, and refusals that write nothing."""
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -160,3 +161,14 @@ def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_p
     assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output",
                              str(output)]) == 0
     assert (output / "pruning_summary.json").is_file() and not (tmp_path / "pruned.lock").exists()
+
+
+def test_an_unfinished_training_run_is_pruned_only_when_asked(tmp_path, tiny_config, stage1_artifact):
+    unfinished = shutil.copytree(stage1_artifact, tmp_path / "unfinished")
+    (unfinished / "training_summary.json").unlink(missing_ok=True)
+    (unfinished / "training_log.jsonl").write_text('{"epoch": 1, "step": 10, "loss": 0.5}\n')  # stopped in epoch 2
+    args = ["--config", str(tiny_config), "--model", str(unfinished), "--output", str(tmp_path / "pruned")]
+    with pytest.raises(PipelineError, match="did not finish .*--resume, or prune it as it is with --allow-unfinished"):
+        prune_heads.main(args)
+    assert not (tmp_path / "pruned").exists()
+    assert prune_heads.main(args + ["--allow-unfinished"]) == 0
