@@ -44,14 +44,15 @@ def main(argv=None) -> int:
         sources = [[list(e.tokens) for e in examples] for examples in (data.train, data.val, data.test or [])]
         sources += [read_vocabulary_texts(path) for path in config.student.vocabulary_files]
         kept = kept_ids(tokenizer, sources)
+    # a layer choice the teacher cannot give fails before the run folder is made
+    layer_ids = select_teacher_layers(len(teacher.info.teacher_layers), config.student.num_layers,
+                                      config.student.layers)
     run_dir = prepare_run_dir(args, runtime)
     set_seed(config.training.seed)
     student_tokenizer = tokenizer
     if args.resume:
         student, student_tokenizer = load_student_for_resume(run_dir, "cpu")
     else:
-        layer_ids = select_teacher_layers(len(teacher.info.teacher_layers), config.student.num_layers,
-                                          config.student.layers)
         student = build_student(teacher, layer_ids, labels, projection, config.student.use_crf)
         if kept is not None:
             before = count_parameters(student)
