@@ -172,7 +172,7 @@ def run_worker(spec: dict) -> dict:
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         error = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": error}
+        return {"error": error.removeprefix("error: ")}
     return json.loads(lines[-1])
 
 
@@ -207,7 +207,7 @@ def format_table(rows: list[dict]) -> str:
     lines = []
     for row in rows:
         if "error" in row:
-            lines.append([row["label"], row["precision"], "-", "failed: " + row["error"][:60], "", "", "", ""])
+            lines.append([row["label"], row["precision"], "-", "failed (below)", "", "", "", ""])
             continue
         ratio = lambda key: f"{row[key] / base[key]:.2f}" if "error" not in base else "-"
         lines.append([row["label"], row["precision"], f"{row['parameters'] / 1e6:.1f}M", f"{row['words_per_s']:.0f}",
@@ -317,7 +317,10 @@ def main(argv=None) -> int:
             print(format_table(report["rows"]))
     if args.output:
         write_json(args.output, report)
-    return 0
+    failures = [row for row in report["rows"] if "error" in row]
+    for row in failures:
+        print(f"error: {row['label']} ({row['precision']}): {row['error']}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

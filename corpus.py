@@ -357,8 +357,6 @@ def check_output(target: Path, shard: Shard, resume: bool, overwrite: bool) -> N
     parts = parts_folder(target)
     marker, started = _marker(parts, shard), (parts / "manifest.json").exists()
     pid, host = holder_of(marker)
-    if target.is_dir():
-        raise PipelineError(f"--output {target}: is a folder; name the file to write.")
     if pid is not None and not holder_is_gone(marker):
         raise PipelineError(f"--output {target}: shard {shard} is being run by process {pid} on {host}; wait "
                             "for it, or stop it first.")

@@ -20,7 +20,7 @@ from decoding import map_entity_types, predict, seqeval_scores
 from models import count_parameters, load_any_model, project_labels
 from precision import PRECISIONS, for_inference
 from config import DEFAULT_CONFIG, add_config_args, load_config
-from utils import PipelineError, init_runtime, markdown_table, run_cli, write_json
+from utils import PipelineError, check_writable, init_runtime, markdown_table, run_cli, write_json
 
 
 def measure(name: str, sentences: list[list[str]], gold: list[list[str]], labels: list[str], label_map: dict,
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                         help="one or more of fp32, bf16, int8: each model is measured at each (default fp32)")
     add_config_args(parser)
     args = parser.parse_args(argv)
+    if args.output:
+        check_writable(args.output, (args.data,))
     label2id_file = Path(args.label2id) if args.label2id else Path(args.data).with_name("label2id.json")
     if not label2id_file.is_file():
         raise PipelineError(f"{label2id_file}: no label2id.json; pass --label2id.")

@@ -17,10 +17,11 @@ from dataclasses import replace
 from config import add_config_args, load_config, stage_config
 from models import count_parameters, heads_per_layer, load_model, load_teacher, project_labels
 from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
-from utils import close_runtime, init_runtime, run_cli, set_seed
+from utils import close_runtime, init_runtime, releasing_claims, run_cli, set_seed
 from vocabulary import teacher_to_student_ids
 
 
+@releasing_claims
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)

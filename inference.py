@@ -23,7 +23,6 @@ run) and OUTPUT's .summary.json (lines, words, speed). The text -> entities step
 serve.py uses (`decoding.extract_entities`), cut in two here so that tokenising overlaps the model.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from data_loader import encode_sentences
 from decoding import entities_of, predict_windows
 from models import load_any_model
 from precision import PRECISIONS, for_inference, weights_fingerprint
-from utils import PipelineError, init_runtime, peak_rss_mib, run_cli
+from utils import PipelineError, check_writable, init_runtime, peak_rss_mib, run_cli
 
 
 # On a CPU, batches of 32 windows of up to 512 subwords are cache-bound: two processes on two cores
@@ -51,20 +50,6 @@ def prepared_chunks(corpus, lines, tokenizer, max_length, chunks):
         windows = encode_sentences(tokenizer, [[w.text for w in line.words] for line in parsed], max_length,
                                    overlap=max_length // 4)
         yield chunk.index, parsed, windows
-
-
-def check_paths(source: Path, target: Path) -> None:
-    """--output must not be --input, and its folder must be writable: found before any slow work."""
-    if target.exists() and source.exists() and os.path.samefile(source, target):
-        raise PipelineError(f"--output {target} is the --input file: writing it would destroy the input. Choose "
-                            "another --output.")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        probe = target.parent / f".{target.name}.probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise PipelineError(f"--output {target}: cannot write in {target.parent} ({error.strerror}).") from None
 
 
 def line_format(corpus, id_field: str | None, keep_fields: str | None) -> LineFormat:
@@ -118,7 +103,7 @@ def main(argv=None) -> int:
 
     # everything that can be wrong with the files and flags is found before the model is loaded
     corpus = open_corpus(source, max(int(args.chunk_mb * (1 << 20)), 1))
-    check_paths(source, target)
+    check_writable(target, (source,))
     check_output(target, shard, args.resume, args.overwrite)
     lines = line_format(corpus, args.id_field, args.keep_fields)
     done_before = committed_chunks(parts_folder(target)) if args.resume else set()

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torchcrf import CRF
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
@@ -284,10 +285,36 @@ def neurons_per_layer(model: NERModel) -> list[int]:
 # ---------------------------------------------------------------------------
 # Teacher
 
-def _load_tokenizer(where, model_type: str):
-    """The fast tokenizer of a checkpoint, set up to encode pre-split words."""
+# files that hold a tokenizer's vocabulary: without one, transformers builds a tokenizer of the
+# special tokens only, which maps every word to <unk> and gives silently wrong entities
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def _load_tokenizer(where, model_type: str, embedding_rows: int):
+    """The fast tokenizer of a checkpoint, set up to encode pre-split words; refused when its
+    files are missing or its size does not fit the model's embedding matrix."""
+    folder = Path(where).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); the folder is incomplete. "
+                             "Copy them from the folder it came from, or rerun the stage that wrote it.")
     options = {"add_prefix_space": True} if model_type in PREFIX_SPACE_MODEL_TYPES else {}
-    return AutoTokenizer.from_pretrained(where, trust_remote_code=False, **options)
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **options)
+    # hub models may pad the embedding matrix to a multiple of 8 or 64; more is another model's tokenizer
+    if not 0 <= embedding_rows - len(tokenizer) <= 64:
+        raise ModelLoadError(f"{where}: the tokenizer has {len(tokenizer):,} pieces but the model's embedding matrix "
+                             f"has {embedding_rows:,} rows: they belong to different models. Copy the tokenizer files "
+                             "of this model into the folder.")
+    return tokenizer
+
+
+def _refuse_pickled_weights(folder: Path) -> None:
+    """A folder whose weights are only a pickle (pytorch_model.bin) is refused: a pickle can run code."""
+    if (folder / "pytorch_model.bin").is_file() and not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{folder}: its weights are pytorch_model.bin (a pickle, which can run code when loaded); this pipeline "
+            "loads safetensors only. Convert it once, where you trust the file: python -c \"from transformers import "
+            f"AutoModelForTokenClassification as M; M.from_pretrained('{folder}').save_pretrained('{folder}')\" "
+            "(this writes model.safetensors).")
 
 
 def _is_local_reference(name_or_path: str) -> bool:
@@ -310,11 +337,16 @@ def load_teacher(name_or_path: str) -> tuple[NERModel, object]:
             f"teacher {name_or_path!r}: no such folder. Set teacher.model_name to a folder "
             "holding config.json, model.safetensors and tokenizer files, or to a hub id "
             "such as Jean-Baptiste/camembert-ner.")
+    if local:
+        _refuse_pickled_weights(Path(where))
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=False)
         backbone, loading = AutoModelForTokenClassification.from_pretrained(
             where, trust_remote_code=False, output_loading_info=True)
-        tokenizer = _load_tokenizer(where, config.model_type)
+        tokenizer = _load_tokenizer(where, config.model_type, backbone.get_input_embeddings().num_embeddings)
+    except SafetensorError as error:
+        raise ModelLoadError(f"teacher {name_or_path!r}: its safetensors weights are truncated or corrupt ({error}); "
+                             "download or copy them again.") from None
     except (OSError, ValueError, KeyError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0", "false", "False"}
         if local:
@@ -605,7 +637,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     remove_attention_heads(model, {l: list(h) for l, h in info.pruned_heads.items()})
     remove_ffn_neurons(model, {l: list(n) for l, n in info.pruned_neurons.items()})
     model.info = info
-    state = load_file(model_dir / WEIGHTS_NAME)
+    try:
+        state = load_file(model_dir / WEIGHTS_NAME)
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"{model_dir}/{WEIGHTS_NAME} is truncated or corrupt ({error}); copy the folder again, "
+                             "or rerun the stage that wrote it.") from None
     mismatch = _state_mismatch(_saved_state(model), state)
     if mismatch:
         raise ModelLoadError(f"{model_dir}: the weights do not match config.json ({mismatch}). The "
@@ -614,7 +650,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     backbone.load_state_dict(state, strict=True)
     if model.crf is not None:
         model.crf.load_state_dict(crf_state, strict=True)
-    tokenizer = _load_tokenizer(model_dir, config.model_type)
+    tokenizer = _load_tokenizer(model_dir, config.model_type, backbone.get_input_embeddings().num_embeddings)
     return model.to(device).eval(), tokenizer
 
 

@@ -14,6 +14,7 @@ model card.
 import argparse
 import sys
 import time
+from pathlib import Path
 from dataclasses import replace
 
 from config import add_config_args, config_to_dict, load_config
@@ -22,10 +23,12 @@ from model_card import CARD_NAME, card_for_model, stage_data
 from models import count_parameters, heads_per_layer, load_model, neurons_per_layer, save_model
 from precision import autocast_for, resolve_precision
 from pruning import heads_record, neurons_record, plan_neuron_count, plan_prune_count, prune_model
-from training import evaluate, make_eval_set
-from utils import init_runtime, package_versions, prepare_output_dir, publishing, run_cli, write_json, write_text
+from training import SUMMARY_FILE, evaluate, make_eval_set
+from utils import (PipelineError, claim_output, init_runtime, package_versions, prepare_output_dir, publishing,
+                   releasing_claims, run_cli, write_json, write_text)
 
 
+@releasing_claims
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -36,14 +39,22 @@ def main(argv=None) -> int:
                         help="fraction of feed-forward neurons to remove too (overrides pruning.ffn_rate)")
     parser.add_argument("--overwrite", action="store_true", help="replace what --output holds")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="prune a training run that has no training_summary.json (stopped before its end)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
+    claim_output(args.output)
     output = prepare_output_dir(args.output, overwrite=args.overwrite, create=False)
     runtime = init_runtime(args.device)
     precision = resolve_precision(config.training.mixed_precision, runtime.device)
     autocast = autocast_for(precision, runtime.device)
     started = time.time()
 
+    if Path(args.model, "training_log.jsonl").is_file() and not Path(args.model, SUMMARY_FILE).is_file() \
+            and not args.allow_unfinished:
+        raise PipelineError(f"--model {args.model}: its training run did not finish (no {SUMMARY_FILE}), so this "
+                            "is the best model of the epochs it ran, not of the whole run. Finish it with --resume, "
+                            "or prune it as it is with --allow-unfinished.")
     model, tokenizer = load_model(args.model, runtime.device)
     pruning = replace(config.pruning, **{k: v for k, v in (("rate", args.rate), ("ffn_rate", args.ffn_rate))
                                          if v is not None})

@@ -17,10 +17,11 @@ from config import add_config_args, load_config
 from data_loader import read_label2id
 from models import build_student, count_parameters, load_teacher, project_labels, select_teacher_layers
 from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
-from utils import close_runtime, init_runtime, run_cli, set_seed
+from utils import close_runtime, init_runtime, releasing_claims, run_cli, set_seed
 from vocabulary import describe_trim, kept_ids, read_vocabulary_texts, trim_embeddings, trim_tokenizer
 
 
+@releasing_claims
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -43,14 +44,15 @@ def main(argv=None) -> int:
         sources = [[list(e.tokens) for e in examples] for examples in (data.train, data.val, data.test or [])]
         sources += [read_vocabulary_texts(path) for path in config.student.vocabulary_files]
         kept = kept_ids(tokenizer, sources)
+    # a layer choice the teacher cannot give fails before the run folder is made
+    layer_ids = select_teacher_layers(len(teacher.info.teacher_layers), config.student.num_layers,
+                                      config.student.layers)
     run_dir = prepare_run_dir(args, runtime)
     set_seed(config.training.seed)
     student_tokenizer = tokenizer
     if args.resume:
         student, student_tokenizer = load_student_for_resume(run_dir, "cpu")
     else:
-        layer_ids = select_teacher_layers(len(teacher.info.teacher_layers), config.student.num_layers,
-                                          config.student.layers)
         student = build_student(teacher, layer_ids, labels, projection, config.student.use_crf)
         if kept is not None:
             before = count_parameters(student)

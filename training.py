@@ -38,8 +38,8 @@ from losses import KDMapping, TeacherTargets, combined_loss, partial_crf_nll, ps
 from model_card import CARD_NAME, card_for_model, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
 from precision import autocast_for, resolve_precision
-from utils import (PipelineError, Runtime, describe_changes, find_published, package_versions, prepare_output_dir,
-                   publishing, write_json, write_text)
+from utils import (PipelineError, Runtime, claim_output, describe_changes, find_published, package_versions,
+                   prepare_output_dir, publishing, write_json, write_text)
 from unlabeled import UnlabeledScan, UnlabeledStream, check_unlabeled_files
 from vocabulary import teacher_to_student_ids
 
@@ -739,6 +739,7 @@ def prepare_run_dir(args, runtime: Runtime, create: bool = True) -> Path:
     bad data file or teacher never costs the results of an earlier run (--overwrite).
     """
     if runtime.is_main:
+        claim_output(args.output)
         prepare_output_dir(args.output, overwrite=args.overwrite, resume=args.resume, create=create)
         stale = find_published(checkpoint_dir(args.output))
         if stale is not None and not args.resume:

@@ -5,6 +5,8 @@ The config system is in config.py, precision and autocast choices in precision.p
 """
 
 import contextlib
+import errno
+import functools
 import glob
 import importlib.metadata
 import json
@@ -37,6 +39,13 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         code = main(argv)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        code = 2
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on the device{f' (writing {error.filename})' if error.filename else ''}. "
+              "Nothing half-written was published: free some space, then run the same command again (with "
+              "--resume for a training stage or inference.py, to continue where it stopped).", file=sys.stderr)
         code = 2
     sys.exit(code or 0)
 
@@ -132,6 +141,25 @@ def describe_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def check_writable(target: str | Path, inputs: tuple[str | Path, ...] = (), flag: str = "--output") -> None:
+    """Before any slow work: `target`'s folder can be written (it is created), `target` is not a
+    folder, and it is none of the `inputs` (links count: compared with samefile)."""
+    target = Path(target)
+    for source in inputs:
+        if target.exists() and Path(source).exists() and os.path.samefile(source, target):
+            raise PipelineError(f"{flag} {target} is the input file {source}: writing it would destroy the input. "
+                                f"Choose another {flag}.")
+    if target.is_dir():
+        raise PipelineError(f"{flag} {target}: is a folder; name the file to write.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.parent / f".{target.name}.probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise PipelineError(f"{flag} {target}: cannot write in {target.parent} ({error.strerror}).") from None
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """Rows of cells as an aligned Markdown table (for terminals and the README alike)."""
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
@@ -197,8 +225,46 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
     Two processes setting up the same output take turns. A lock left by a dead process of this
     host is taken over; one held longer than `wait_s` is an error naming its holder.
     """
+    lock = _acquire_lock(Path(target), wait_s)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+_claims: set[Path] = set()
+
+
+def claim_output(target: str | Path) -> None:
+    """Hold `TARGET.lock` until `release_claims` (a main() wrapped in `releasing_claims` calls it
+    when it ends), so that a second run writing the same output is refused at once, naming the
+    first. A lock left by a dead process of this host is taken over."""
     lock = Path(target).with_name(Path(target).name + ".lock")
-    holder_of_mine = f"{os.getpid()} {socket.gethostname()}"
+    if lock in _claims and holder_of(lock) == (os.getpid(), socket.gethostname()):
+        return
+    _claims.add(_acquire_lock(Path(target), wait_s=0))
+
+
+def release_claims() -> None:
+    for lock in list(_claims):
+        if holder_of(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+        _claims.discard(lock)
+
+
+def releasing_claims(main: Callable[[list[str] | None], int | None]):
+    """A stage's main() that lets go of the outputs it claimed when it returns or fails."""
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None):
+        try:
+            return main(argv)
+        finally:
+            release_claims()
+    return wrapper
+
+
+def _acquire_lock(target: Path, wait_s: float) -> Path:
+    lock = target.with_name(target.name + ".lock")
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -210,7 +276,7 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
             if pid is not None and host == socket.gethostname() and not is_running(pid):
                 lock.unlink(missing_ok=True)  # its holder died
                 continue
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise PipelineError(f"{target} is in use by process {pid} on {host} (lock file {lock}); wait for "
                                     f"it to finish, or delete {lock} if that process no longer runs.") from None
             time.sleep(0.1)
@@ -218,12 +284,8 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
         except OSError as error:
             raise PipelineError(f"cannot write beside {target}: {error.strerror} ({lock}).") from None
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(holder_of_mine)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+            handle.write(f"{os.getpid()} {socket.gethostname()}")
+        return lock
 
 
 def holder_of(marker: Path) -> tuple[int | None, str]:

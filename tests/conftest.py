@@ -164,3 +164,4 @@ class OnlyTagger:
         if name not in OnlyTagger.INTERFACE:
             raise AttributeError(f"decoding used {name!r}, which is not part of the Tagger interface")
         return getattr(object.__getattribute__(self, "_model"), name)
+

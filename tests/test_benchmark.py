@@ -1,4 +1,6 @@
 """benchmark.py: models with real shapes, one process per row, ratios, JSON; the training-step mode."""
+import shutil
+
 import pytest
 
 import benchmark
@@ -74,3 +76,18 @@ def test_training_step_ratio(tmp_path):
 def test_needs_models():
     with pytest.raises(PipelineError, match="--like camembert-base"):
         benchmark.main([])
+
+
+def test_a_model_that_cannot_be_loaded_fails_the_run_with_its_whole_message(tmp_path, stage1_artifact, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(stage1_artifact, broken)
+    (broken / "tokenizer.json").unlink()
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--model", str(stage1_artifact), "--model", str(broken), "--precision", "fp32",
+                           "--sentences", "8", "--repeats", "1", "--rounds", "1", "--latency-sentences", "2",
+                           "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "failed (below)" in captured.out
+    assert f"error: {broken} (fp32): {broken}: no tokenizer files (tokenizer.json" in captured.err
+    assert "rerun the stage that wrote it." in captured.err  # the whole message, not cut
+    assert read_json(out)["rows"][1]["error"].startswith(f"{broken}: no tokenizer files")

@@ -150,8 +150,6 @@ def test_parts_folder_refusals(tmp_path):
     with pytest.raises(PipelineError, match="out.jsonl exists. Use --resume to keep it"):
         corpus.check_output(target, one, resume=False, overwrite=False)
     assert corpus.prepare_parts(target, _manifest(), one, resume=True, overwrite=False) is None
-    with pytest.raises(PipelineError, match="is a folder"):
-        corpus.check_output(tmp_path, one, resume=False, overwrite=True)
     with pytest.raises(PipelineError, match="--resume: there is no unfinished run of .*other.jsonl"):
         corpus.check_output(tmp_path / "other.jsonl", one, resume=True, overwrite=False)
 

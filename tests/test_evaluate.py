@@ -49,3 +49,17 @@ def test_a_named_config_that_does_not_exist_is_an_error(europeana, stage1_artifa
     with pytest.raises(ConfigError, match="typo.yaml"):
         evaluate.main(["--model", str(stage1_artifact), "--data", str(europeana / "val.jsonl"),
                        "--config", str(tmp_path / "typo.yaml")])
+
+
+def test_a_report_that_cannot_be_written_or_would_replace_the_data_is_refused_first(europeana, stage1_artifact,
+                                                                                    tmp_path, monkeypatch):
+    import pytest
+    from utils import PipelineError
+    monkeypatch.setattr(evaluate, "measure", lambda *a, **k: pytest.fail("work started before the check"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PipelineError, match="--output .*cannot write in .*a_file"):
+        evaluate.main(["--model", str(stage1_artifact), "--data", str(europeana / "val.jsonl"),
+                       "--output", str(tmp_path / "a_file" / "report.json")])
+    with pytest.raises(PipelineError, match="is the input file"):
+        evaluate.main(["--model", str(stage1_artifact), "--data", str(europeana / "val.jsonl"),
+                       "--output", str(europeana / "val.jsonl")])

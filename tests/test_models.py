@@ -306,3 +306,42 @@ def test_bert_and_roberta_layouts_distil_prune_save_and_reload(tmp_path, make):
     sentences = SENTENCES + [["mot"] * 700]  # longer than the position embeddings: windows
     first, second = predict(student, tokenizer, sentences), predict(loaded, loaded_tokenizer, sentences)
     assert first == second and [len(p.tags) for p in first] == [len(s) for s in sentences]
+
+
+def test_incomplete_or_foreign_model_files_are_refused_with_what_to_do(tmp_path, stage1_artifact, io_teacher):
+    import shutil
+    from safetensors.torch import load_file
+    no_tokenizer = shutil.copytree(stage1_artifact, tmp_path / "no_tokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="no_tokenizer: no tokenizer files .*rerun the stage that wrote it"):
+        load_model(no_tokenizer)
+    foreign = shutil.copytree(stage1_artifact, tmp_path / "foreign")
+    model, _ = load_model(stage1_artifact)
+    rows = model.backbone.get_input_embeddings().num_embeddings
+    tokenizer = BertTokenizer(str(_vocab_file(tmp_path, rows + 100)))  # another model's, bigger vocabulary
+    tokenizer.save_pretrained(foreign)
+    with pytest.raises(ModelLoadError, match=rf"the tokenizer has {rows + 100:,} pieces but the model's embedding "
+                                             rf"matrix has {rows:,} rows"):
+        load_model(foreign)
+    truncated = shutil.copytree(stage1_artifact, tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="truncated/model.safetensors is truncated or corrupt"):
+        load_model(truncated)
+    pickled = shutil.copytree(io_teacher, tmp_path / "pickled")
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin \\(a pickle, which can run code when loaded\\); "
+                                             "this pipeline loads safetensors only. Convert it once"):
+        models.load_teacher(str(pickled))
+    cut_teacher = shutil.copytree(io_teacher, tmp_path / "cut_teacher")
+    weights = cut_teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="safetensors weights are truncated or corrupt"):
+        models.load_teacher(str(cut_teacher))
+
+
+def _vocab_file(folder, size):
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(size - 5)]))
+    return path

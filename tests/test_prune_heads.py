@@ -1,5 +1,6 @@
 """prune_heads.py on a stage-1 artifact: outputs, reload, re-pruning, and refusals that write nothing."""
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -143,3 +144,31 @@ def test_bad_ffn_settings_write_nothing(tmp_path, tiny_config, stage1_artifact, 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(tmp_path, tiny_config, stage1_artifact):
+    output = tmp_path / "pruned"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "pruned.lock").write_text(f"{holder.pid} {__import__('socket').gethostname()}")
+        with pytest.raises(PipelineError, match=rf"pruned is in use by process {holder.pid} .*delete .*pruned.lock"):
+            prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output", str(output)])
+        assert not output.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # its holder is gone: the lock is taken over, and released when the run ends
+    assert prune_heads.main(["--config", str(tiny_config), "--model", str(stage1_artifact), "--output",
+                             str(output)]) == 0
+    assert (output / "pruning_summary.json").is_file() and not (tmp_path / "pruned.lock").exists()
+
+
+def test_an_unfinished_training_run_is_pruned_only_when_asked(tmp_path, tiny_config, stage1_artifact):
+    unfinished = shutil.copytree(stage1_artifact, tmp_path / "unfinished")
+    (unfinished / "training_summary.json").unlink(missing_ok=True)
+    (unfinished / "training_log.jsonl").write_text('{"epoch": 1, "step": 10, "loss": 0.5}\n')  # stopped in epoch 2
+    args = ["--config", str(tiny_config), "--model", str(unfinished), "--output", str(tmp_path / "pruned")]
+    with pytest.raises(PipelineError, match="did not finish .*--resume, or prune it as it is with --allow-unfinished"):
+        prune_heads.main(args)
+    assert not (tmp_path / "pruned").exists()
+    assert prune_heads.main(args + ["--allow-unfinished"]) == 0

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from utils import PipelineError, find_published, prepare_output_dir, publishing, write_json
+from utils import PipelineError, check_writable, find_published, prepare_output_dir, publishing, run_cli, write_json
 
 
 def dead_pid() -> int:
@@ -139,3 +139,36 @@ def test_published_files_get_the_mode_of_any_new_file(tmp_path):
         os.umask(previous)
     assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "alone.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_one_error_line_and_exit_code_2(capsys):
+    import errno
+
+    def writes_on_a_full_disk(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "artifacts/run/model.safetensors")
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(writes_on_a_full_disk, [])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert err.startswith("error: no space left on the device (writing artifacts/run/model.safetensors). Nothing "
+                          "half-written was published") and "--resume" in err
+
+    def other_failure(argv):
+        raise OSError(errno.EIO, "Input/output error")
+    with pytest.raises(OSError):  # anything else is a bug to see whole
+        run_cli(other_failure, [])
+
+
+def test_writability_and_input_checks_come_before_any_work(tmp_path):
+    source = tmp_path / "notes.txt"
+    source.write_text("x\n")
+    (tmp_path / "link.txt").symlink_to(source)
+    with pytest.raises(PipelineError, match="--output .*link.txt is the input file .*notes.txt"):
+        check_writable(tmp_path / "link.txt", (source,))
+    with pytest.raises(PipelineError, match="is a folder; name the file to write"):
+        check_writable(tmp_path, (source,))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PipelineError, match="--report .*cannot write in .*a_file"):
+        check_writable(tmp_path / "a_file" / "r.json", flag="--report")
+    check_writable(tmp_path / "new" / "deeper" / "r.json")
+    assert (tmp_path / "new" / "deeper").is_dir() and not list((tmp_path / "new" / "deeper").iterdir())
