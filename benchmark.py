@@ -7,7 +7,10 @@
 
 The first row is the baseline (the teacher, fp32); every row gives its ratio to it. Throughput
 is words/s over the sentences of --data in batches of --batch-size (the median of the timed
-passes, after a warm-up); latency is one sentence at a time (p50 and p95). `--like` builds
+passes, after a warm-up, with the slowest and fastest beside it); latency is one sentence at a
+time (p50 and p95 over the sentences, each the fastest of 3 calls). Every process runs
+--threads threads (default: all cores). A warning says when the machine looked busy: the load
+average at start above the cores left free, or a row whose passes differ by more than 10%. `--like` builds
 randomly initialised models with a real teacher's shapes, so nothing is downloaded: speed does
 not depend on the weights. Timings of several models in one process were unstable, hence one
 process per row. --train times a distillation step against a plain fine-tuning step of the
@@ -16,6 +19,7 @@ processes, rows alternating, and the medians are taken over all of them.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -85,6 +89,7 @@ def build_like(like: str, layers: int | None, prune_rate: float, seed: int = 0, 
 # One row, in its own process
 
 def measure_inference(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
     runtime = init_runtime(spec["device"])
     sentences = json.loads(Path(spec["sentences"]).read_text())
     if spec["like"]:
@@ -113,19 +118,25 @@ def measure_inference(spec: dict) -> dict:
     for sentence in singles[:3]:
         run([sentence], 1)                                                          # warm-up
     latencies = []
-    for sentence in singles:
-        started = time.perf_counter()
-        run([sentence], 1)
-        latencies.append(time.perf_counter() - started)
+    for sentence in singles:  # the fastest of 3 calls: a call that another job interrupted is not kept
+        calls = []
+        for _ in range(3):
+            started = time.perf_counter()
+            run([sentence], 1)
+            calls.append(time.perf_counter() - started)
+        latencies.append(min(calls))
     return {"words": sum(map(len, sentences)), "pass_seconds": passes, "latencies_ms": [1000 * t for t in latencies],
             **size, "device": str(runtime.device)}
 
 
 def summarise(results: list[dict]) -> dict:
-    """Merge one row's rounds: words/s from the median pass, p50/p95 over every single-sentence call."""
+    """Merge one row's rounds: words/s of the median, slowest and fastest passes; p50/p95 over the
+    sentences timed one at a time (each the fastest of its 3 calls)."""
     passes = [t for r in results for t in r["pass_seconds"]]
     latencies = sorted(t for r in results for t in r["latencies_ms"])
-    return {"words_per_s": results[0]["words"] / statistics.median(passes),
+    words = results[0]["words"]
+    return {"words_per_s": words / statistics.median(passes),
+            "words_per_s_min": words / max(passes), "words_per_s_max": words / min(passes),
             "p50_ms": statistics.median(latencies),
             "p95_ms": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
             "passes": len(passes), "parameters": results[0]["parameters"], "heads": results[0]["heads"],
@@ -135,6 +146,7 @@ def summarise(results: list[dict]) -> dict:
 def measure_training(spec: dict) -> dict:
     """Median time of an optimizer step: plain fine-tuning, or distillation from the teacher."""
     from transformers import AutoTokenizer
+    torch.set_num_threads(spec["threads"])
     runtime = init_runtime(spec["device"])
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     examples = json.loads(Path(spec["sentences"]).read_text())[:spec["batch_size"]]
@@ -201,17 +213,35 @@ def inference_rows(args) -> list[dict]:
     return rows
 
 
+def busy_warnings(rows: list[dict], load_at_start: float, cores: int, threads: int) -> list[str]:
+    """Signs that the machine was busy: the load at start above the cores left free, and rows whose
+    fastest and slowest passes differ by more than 10% of the median."""
+    found = []
+    if load_at_start > cores - threads + 0.5:
+        found.append(f"the load average was {load_at_start:.1f} at start, with {cores} cores of which the benchmark "
+                     f"uses {threads}: other jobs were running, so speeds and ratios may be off.")
+    for row in rows:
+        if "error" not in row:
+            spread = (row["words_per_s_max"] - row["words_per_s_min"]) / row["words_per_s"]
+            if spread > 0.10:
+                found.append(f"{row['label']} ({row['precision']}): words/s varied by {spread:.0%} between passes "
+                             f"({row['words_per_s_min']:.0f} to {row['words_per_s_max']:.0f}); the machine was busy. "
+                             "Rerun on an idle machine, or with more --rounds.")
+    return found
+
+
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
-    header = ["model", "precision", "params", "words/s", "x first", "p50 ms", "x first", "p95 ms"]
+    header = ["model", "precision", "params", "words/s", "min-max", "x first", "p50 ms", "x first", "p95 ms"]
     lines = []
     for row in rows:
         if "error" in row:
-            lines.append([row["label"], row["precision"], "-", "failed (below)", "", "", "", ""])
+            lines.append([row["label"], row["precision"], "-", "failed (below)", "", "", "", "", ""])
             continue
         ratio = lambda key: f"{row[key] / base[key]:.2f}" if "error" not in base else "-"
         lines.append([row["label"], row["precision"], f"{row['parameters'] / 1e6:.1f}M", f"{row['words_per_s']:.0f}",
-                      ratio("words_per_s"), f"{row['p50_ms']:.1f}", ratio("p50_ms"), f"{row['p95_ms']:.1f}"])
+                      f"{row['words_per_s_min']:.0f}-{row['words_per_s_max']:.0f}", ratio("words_per_s"),
+                      f"{row['p50_ms']:.1f}", ratio("p50_ms"), f"{row['p95_ms']:.1f}"])
     return markdown_table(header, lines)
 
 
@@ -242,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action="store_true", help="time a KD step against a plain fine-tuning step")
     parser.add_argument("--train-precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--steps", type=int, default=5, help="timed training steps with --train")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads of every measured process (default: all cores)")
     parser.add_argument("--output", help="write the results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -257,6 +289,8 @@ def main(argv=None) -> int:
     if (args.ffn_rate or args.vocab_size) and not args.like:
         raise PipelineError("--ffn-rate and --vocab-size shape the compact student that --like builds; a saved "
                             "compact student is measured with --model.")
+    if args.threads < 1:
+        raise PipelineError(f"--threads {args.threads}: give at least 1.")
     if not 0 <= args.ffn_rate < 1:
         raise PipelineError(f"--ffn-rate {args.ffn_rate}: give the share of FFN neurons to remove, in [0, 1).")
     if args.like and args.vocab_size and not 0 < args.vocab_size <= SHAPES[args.like]["vocab_size"]:
@@ -269,7 +303,7 @@ def main(argv=None) -> int:
         (Path(scratch) / "sentences.json").write_text(json.dumps(sentences, ensure_ascii=False))
         common = {"sentences": str(Path(scratch) / "sentences.json"), "device": args.device, "scratch": scratch,
                   "batch_size": args.batch_size, "repeats": args.repeats, "like": args.like,
-                  "latency_sentences": args.latency_sentences, "tokenizer": None}
+                  "latency_sentences": args.latency_sentences, "tokenizer": None, "threads": args.threads}
         if args.like:
             # a unigram tokenizer trained on the whole file stands in for the teacher's
             tokenizer = train_tokenizer(corpus, Path(scratch) / "tokenizer", vocab_size=8000)
@@ -282,7 +316,9 @@ def main(argv=None) -> int:
                   f"{sum(len(p) for s in pieces for p in s) / sum(map(len, sentences)):.2f} subwords per word.")
         print(f"{len(sentences)} sentences ({sum(map(len, sentences))} words) from {args.data}, "
               f"device {args.device}, one process per row.")
-        report = {"data": args.data, "sentences": len(sentences), "device": args.device, "rows": []}
+        load_at_start = os.getloadavg()[0]
+        report = {"data": args.data, "sentences": len(sentences), "device": args.device, "threads": args.threads,
+                  "load_average_at_start": load_at_start, "rows": []}
         if args.train:
             runs = {"plain": [], "kd": []}
             for round_number in range(1, args.rounds + 1):
@@ -315,6 +351,9 @@ def main(argv=None) -> int:
                 row.update(failed[0] if failed else summarise(results[index]))
                 report["rows"].append(row)
             print(format_table(report["rows"]))
+            report["warnings"] = busy_warnings(report["rows"], load_at_start, os.cpu_count() or 1, args.threads)
+            for warning in report["warnings"]:
+                print(f"warning: {warning}")
     if args.output:
         write_json(args.output, report)
     failures = [row for row in report["rows"] if "error" in row]

@@ -37,7 +37,22 @@ def test_rows_run_in_their_own_processes_with_ratios_to_the_first(tmp_path, caps
     assert rows[1]["parameters"] < rows[0]["parameters"]
     table = capsys.readouterr().out
     first = next(line for line in table.splitlines() if line.startswith("| teacher (camembert-tiny, random)"))
-    assert [cell.strip() for cell in first.split("|")][2:6:3] == ["fp32", "1.00"]
+    assert [cell.strip() for cell in first.split("|")][2:7:4] == ["fp32", "1.00"]
+    assert all(r["words_per_s_min"] <= r["words_per_s"] <= r["words_per_s_max"] for r in rows)
+    assert read_json(out)["threads"] >= 1 and isinstance(read_json(out)["warnings"], list)
+
+
+def test_a_busy_machine_is_reported():
+    row = {"label": "student", "precision": "int8", "words_per_s": 1000, "words_per_s_min": 850,
+           "words_per_s_max": 1050}
+    steady = dict(row, label="teacher", words_per_s_min=980, words_per_s_max=1020)
+    warnings = benchmark.busy_warnings([steady, row, {"label": "x", "precision": "fp32", "error": "e"}],
+                                       load_at_start=0.2, cores=2, threads=2)
+    assert warnings == ["student (int8): words/s varied by 20% between passes (850 to 1050); the machine was busy. "
+                        "Rerun on an idle machine, or with more --rounds."]
+    assert benchmark.busy_warnings([steady], load_at_start=1.7, cores=2, threads=2)[0].startswith(
+        "the load average was 1.7 at start, with 2 cores of which the benchmark uses 2")
+    assert benchmark.busy_warnings([steady], load_at_start=1.2, cores=8, threads=4) == []
 
 
 def test_the_compact_student_is_measured_beside_the_plain_one(tmp_path):
