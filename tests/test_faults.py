@@ -119,6 +119,15 @@ def _checkpoint_with_code(world, out):
     torch.save({"state": Payload()}, state / "trainer_state.pt")
 
 
+def _injected(patch: str) -> list[str]:
+    """`python -c` that applies `patch` (a fault at a dangerous point) and then runs the script
+    named next, with the arguments after it, as `python SCRIPT ...` would."""
+    return ["-c", f"import runpy, sys; sys.argv = sys.argv[1:]; {patch}; runpy.run_path(sys.argv[0], "
+                  "run_name='__main__')"]
+
+
+# a fault as an expression that raises: lambdas cannot hold a raise statement
+_FULL_DISK = "(_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device', 'the file'))"
 INFER = ["inference.py", "--model", "{student}"]
 TRAIN = ["train_kd.py", "--output", "{out}/run"]
 ROWS = [
@@ -208,6 +217,24 @@ ROWS = [
         ["benchmark.py", "--model", "{student}", "--model", "{no_tokenizer}", "--precision", "fp32", "--rounds", "1",
          "--repeats", "1", "--sentences", "4", "--latency-sentences", "2", "--data", "{data}/test.jsonl"], 1,
         "no tokenizer files"),
+    Row("faults", "disk full while inference.py commits a chunk",
+        _injected(f"import corpus, errno; corpus._write_file = lambda *a: {_FULL_DISK}")
+        + INFER + ["--input", "{notes}", "--output", "{out}/o.jsonl"], 2, "no space left on the device",
+        absent=["o.jsonl"]),
+    Row("faults", "disk full while prune_heads.py saves the model",
+        _injected(f"import models, errno; models.save_file = lambda *a, **k: {_FULL_DISK}")
+        + ["prune_heads.py", "--config", "{config_tiny}", "--model", "{student}", "--output", "{out}/pruned"], 2,
+        "no space left on the device", absent=["pruned", "pruned.lock"]),
+    Row("faults", "kill -9 right after inference.py commits its first chunk",
+        _injected("import corpus, os, signal; commit = corpus.commit_chunk; corpus.commit_chunk = lambda *a: "
+                  "(commit(*a), os.kill(os.getpid(), signal.SIGKILL))")
+        + INFER + ["--input", "{notes}", "--output", "{out}/o.jsonl"], -9, "",
+        exists=["o.jsonl.parts/chunk-00000000.json", "o.jsonl.parts/manifest.json"], absent=["o.jsonl"]),
+    Row("faults", "kill -9 while prune_heads.py publishes the model",
+        _injected("import utils, os, signal; utils._share_like_any_file = lambda path: os.kill(os.getpid(), "
+                  "signal.SIGKILL)")
+        + ["prune_heads.py", "--config", "{config_tiny}", "--model", "{student}", "--output", "{out}/pruned"], -9,
+        "", absent=["pruned"]),
     Row("faults", "evaluate.py --output where it cannot be written",
         ["evaluate.py", "--model", "{student}", "--data", "{data}/test.jsonl", "--output", "{notes}/r.json"], 2,
         "cannot write in"),
@@ -247,7 +274,7 @@ def test_the_matrix_covers_every_area():
     areas = {}
     for row in ROWS:
         areas[row.area] = areas.get(row.area, 0) + 1
-    assert len(ROWS) >= 40 and set(areas) == {"data", "config", "models", "inference", "faults", "security"}
+    assert len(ROWS) >= 49 and set(areas) == {"data", "config", "models", "inference", "faults", "security"}
 
 
 def test_no_unsafe_loading_anywhere_in_the_code():
