@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from data_loader import Word, split_words
-from utils import PipelineError, describe_changes, holder_is_gone, holder_of, is_running, output_lock
+from utils import PipelineError, acquire_lock, describe_changes, holder_is_gone, holder_of, is_running, output_lock
 
 SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 _CHUNK_RE = re.compile(r"chunk-(\d{8})\.json")
@@ -399,8 +399,6 @@ def prepare_parts(target: Path, manifest: dict, shard: Shard, resume: bool, over
         for leftover in parts.glob(".*.staging-*"):  # what a killed process was writing
             if not is_running(int(leftover.name.rpartition("-")[2])):
                 leftover.unlink(missing_ok=True)
-        if holder_is_gone(parts / "assembling"):
-            (parts / "assembling").unlink()
         if old is None:
             _write_file(parts / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         _write_file(marker, f"{os.getpid()} {socket.gethostname()} {time.time()}".encode())
@@ -452,18 +450,10 @@ def assemble(target: Path, chunks: int, shards: int) -> dict | None:
     parts = parts_folder(target)
     if len(committed_chunks(parts) & set(range(chunks))) < chunks:
         return None
-    busy = parts / "assembling"
-    try:
-        descriptor = os.open(busy, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        if not holder_is_gone(busy):
-            return None
-        busy.unlink(missing_ok=True)
-        return assemble(target, chunks, shards)
-    except FileNotFoundError:
-        return None  # another process has just assembled it
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(f"{os.getpid()} {socket.gethostname()}")
+    try:  # one process assembles (the lock goes with the parts folder); a dead one's lock is taken over
+        acquire_lock(parts / "assembling", wait_s=0)
+    except PipelineError:
+        return None  # another process is assembling, or has just done it and removed the folder
     manifest = json.loads((parts / "manifest.json").read_text())
     records = [json.loads((parts / f"chunk-{k:08d}.json").read_text()) for k in range(chunks)]
     staging = target.with_name(f".{target.name}.staging-{os.getpid()}")

@@ -106,8 +106,9 @@ def main(argv=None) -> int:
     check_writable(target, (source,))
     check_output(target, shard, args.resume, args.overwrite)
     lines = line_format(corpus, args.id_field, args.keep_fields)
+    own = {k for k in range(corpus.chunks) if shard.owns(k)}
     done_before = committed_chunks(parts_folder(target)) if args.resume else set()
-    check_chunks(corpus, lines, lambda k: shard.owns(k) and k not in done_before)
+    check_chunks(corpus, lines, (own - done_before).__contains__)
 
     runtime = init_runtime(args.device, join_group=False)  # the shards share nothing but files
     model, tokenizer = load_any_model(args.model, runtime.device)
@@ -131,9 +132,9 @@ def main(argv=None) -> int:
         return 0
 
     parts = parts_folder(target)
-    to_do = [k for k in range(corpus.chunks) if shard.owns(k) and k not in done]
+    to_do = own - done
     progress = Progress(shard, len(to_do), args.progress or float("inf"))
-    chunks = read_chunks(corpus, lambda k: shard.owns(k) and k not in done)
+    chunks = read_chunks(corpus, to_do.__contains__)
     last = time.monotonic()
     for index, parsed, windows in read_ahead(prepared_chunks(corpus, lines, tokenizer, max_length, chunks)):
         predictions = predict_windows(tagger, windows, [len(line.words) for line in parsed], tokenizer.pad_token_id,

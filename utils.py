@@ -225,7 +225,7 @@ def output_lock(target: str | Path, wait_s: float = 60.0) -> Iterator[None]:
     Two processes setting up the same output take turns. A lock left by a dead process of this
     host is taken over; one held longer than `wait_s` is an error naming its holder.
     """
-    lock = _acquire_lock(Path(target), wait_s)
+    lock = acquire_lock(Path(target), wait_s)
     try:
         yield
     finally:
@@ -242,7 +242,7 @@ def claim_output(target: str | Path) -> None:
     lock = Path(target).with_name(Path(target).name + ".lock")
     if lock in _claims and holder_of(lock) == (os.getpid(), socket.gethostname()):
         return
-    _claims.add(_acquire_lock(Path(target), wait_s=0))
+    _claims.add(acquire_lock(Path(target), wait_s=0))
 
 
 def release_claims() -> None:
@@ -263,7 +263,8 @@ def releasing_claims(main: Callable[[list[str] | None], int | None]):
     return wrapper
 
 
-def _acquire_lock(target: Path, wait_s: float) -> Path:
+def acquire_lock(target: Path, wait_s: float) -> Path:
+    """Create `TARGET.lock` naming this process, waiting at most `wait_s` for another holder."""
     lock = target.with_name(target.name + ".lock")
     deadline = time.monotonic() + wait_s
     while True:
@@ -273,7 +274,7 @@ def _acquire_lock(target: Path, wait_s: float) -> Path:
             pid, host = holder_of(lock)
             if pid is None and not lock.exists():
                 continue  # released between the two calls
-            if pid is not None and host == socket.gethostname() and not is_running(pid):
+            if holder_is_gone(lock):
                 lock.unlink(missing_ok=True)  # its holder died
                 continue
             if time.monotonic() >= deadline:

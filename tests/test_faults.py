@@ -280,8 +280,11 @@ def test_the_matrix_covers_every_area():
 def test_no_unsafe_loading_anywhere_in_the_code():
     code = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
     text = {p: p.read_text(encoding="utf-8") for p in code}
-    for pattern in ("weights_only=False", "trust_remote_code=True", "shell=True", "yaml.load(", "pickle.load"):
+    # the patterns are built from two halves so that this file does not itself hold the calls it forbids
+    forbidden = [a + b for a, b in (("weights_only=", "False"), ("trust_remote_code=", "True"), ("shell=", "True"),
+                                    ("yaml.", "load("), ("pickle.", "load"))]
+    for pattern in forbidden:
         offenders = [str(p.relative_to(REPO)) for p, t in text.items() if pattern in t]
-        if pattern == "yaml.load(":  # only with the project's safe loader (config._Loader, a SafeLoader)
+        if pattern.startswith("yaml."):  # only with the project's safe loader (config._Loader, a SafeLoader)
             offenders = [p for p in offenders if "Loader=_Loader" not in text[REPO / p]]
         assert offenders == [], f"{pattern} in {offenders}"
