@@ -317,6 +317,17 @@ def _refuse_pickled_weights(folder: Path) -> None:
             "(this writes model.safetensors).")
 
 
+def _refuse_unreadable_files(folder: Path) -> None:
+    """Each file of a model folder must open for reading: else one line naming it (not a loader's guess)."""
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as error:
+            raise ModelLoadError(f"{path}: cannot be read ({error.strerror}). Check its permissions, or copy "
+                                 "the folder again.") from None
+
+
 def _is_local_reference(name_or_path: str) -> bool:
     """A path rather than a hub id: it exists, looks like a path, or its parent folder exists."""
     path = Path(name_or_path).expanduser()
@@ -338,6 +349,7 @@ def load_teacher(name_or_path: str) -> tuple[NERModel, object]:
             "holding config.json, model.safetensors and tokenizer files, or to a hub id "
             "such as Jean-Baptiste/camembert-ner.")
     if local:
+        _refuse_unreadable_files(Path(where))
         _refuse_pickled_weights(Path(where))
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=False)
@@ -615,6 +627,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"{model_dir}: no such model folder.")
+    _refuse_unreadable_files(model_dir)
     if not is_pipeline_artifact(model_dir):
         raise ModelLoadError(
             f"{model_dir} is not a pipeline artifact (its config.json has no '{PIPELINE_KEY}' record, "

@@ -434,11 +434,15 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
     if stage.unlabeled is not None:
         _restore_unlabeled(stage, state.unlabeled_positions)
     changes = describe_changes(checkpoint.get("config", {}), stage.config_record)
+    moved = describe_changes(checkpoint["machine"], machine_record(stage.runtime)) if "machine" in checkpoint else []
     stage.say(f"Resuming from epoch {state.epoch + 1}, step {state.global_step} "
               f"(best val F1 so far {max(state.best_f1, 0):.4f}).")
     if changes:
         stage.say("The config differs from the interrupted run's (results will not match an "
                   "uninterrupted run exactly):\n  " + "\n  ".join(changes))
+    if moved:
+        stage.say("This machine differs from the interrupted run's (the run continues correctly, but its "
+                  "numbers will drift from an uninterrupted run's):\n  " + "\n  ".join(moved))
     log_path = stage.run_dir / LOG_FILE
     if stage.runtime.is_main and log_path.exists():  # drop lines logged after the checkpoint
         lines = [l for l in log_path.read_text().splitlines() if l.strip()
@@ -666,6 +670,14 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def machine_record(runtime: Runtime) -> dict:
+    """What, besides the config, decides a run's floating-point results: a resume on a machine that
+    differs here continues correctly, but its numbers drift from an uninterrupted run's."""
+    device = runtime.device
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu_threads": torch.get_num_threads(), "processes": runtime.world_size, "torch": str(torch.__version__)}
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     """Where a run keeps its checkpoint: a sibling of the run folder, never inside the model folder."""
     run_dir = Path(run_dir)
@@ -687,7 +699,8 @@ def save_checkpoint(stage: Stage, loop: Loop, state: LoopState, running: Running
     with publishing(checkpoint_dir(stage.run_dir)) as staging:
         save_model(stage.student, stage.tokenizer, staging)
         torch.save({**loop.optim.state_dict(), "rng": _rng_state(), "state": asdict(saved),
-                    "config": stage.config_record}, staging / TRAINER_STATE)
+                    "config": stage.config_record, "machine": machine_record(stage.runtime)},
+                   staging / TRAINER_STATE)
     legacy = stage.run_dir / LEGACY_CHECKPOINT_DIR
     if (legacy / TRAINER_STATE).is_file():  # a resumed older run: its checkpoint now lives beside it
         shutil.rmtree(legacy)

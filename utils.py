@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 
 class PipelineError(Exception):
@@ -40,14 +41,22 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 2
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
+    except (OSError, SafetensorError) as error:
+        if not _is_disk_full(error):
             raise
-        print(f"error: no space left on the device{f' (writing {error.filename})' if error.filename else ''}. "
+        where = getattr(error, "filename", None)
+        print(f"error: no space left on the device{f' (writing {where})' if where else ''}. "
               "Nothing half-written was published: free some space, then run the same command again (with "
               "--resume for a training stage or inference.py, to continue where it stopped).", file=sys.stderr)
         code = 2
     sys.exit(code or 0)
+
+
+def _is_disk_full(error: Exception) -> bool:
+    # safetensors reports a failed write as its own error, with the OS error number in the text only
+    if isinstance(error, SafetensorError):
+        return f"(os error {errno.ENOSPC})" in str(error)
+    return error.errno == errno.ENOSPC
 
 
 # ---------------------------------------------------------------------------

@@ -34,11 +34,32 @@ class Row:
     exists: list[str] = field(default_factory=list)      # under the row's folder, after the run
     absent: list[str] = field(default_factory=list)
     setup: Callable | None = None                        # (world, out) -> cleanup or None
+    unprivileged: bool = False  # run without root's right to read any file (chmod 000 applies to it too)
 
 
 def _files(world: dict) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in Path(world["inputs"]).rglob("*") if p.is_file() and not p.is_symlink()}
+    return {str(p): _fingerprint(p) for p in Path(world["inputs"]).rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def _fingerprint(path: Path) -> str:
+    if not os.access(path, os.R_OK):  # the unreadable inputs, when the tests do not run as root
+        info = path.stat()
+        return f"{info.st_size} {info.st_mtime_ns} {info.st_mode:o}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# Root reads every file whatever its mode: the unreadable-input rows drop that right (the two
+# capabilities behind it) for the command, with util-linux's setpriv.
+_DROP_READ_ANYTHING = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                       "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _unprivileged_prefix() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a chmod 000 file stays readable")
+    return _DROP_READ_ANYTHING
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +78,7 @@ def world(tmp_path_factory, europeana, io_teacher, stage1_artifact):
     (inputs / "cut.txt.gz").write_bytes(whole[:len(whole) // 2])
     (inputs / "odd.txt").write_bytes("NUL\x00 ici, 🙂 émoji, שלום, e\u0301cole\r\nM. Martin à Lyon\r\n".encode())
     (inputs / "folder.txt").mkdir()
+    (inputs / "many.txt").write_text(notes.read_text(encoding="utf-8").replace("\n\n", "\n") * 2000, encoding="utf-8")
     lines = (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
     (data / "broken_train.jsonl").write_text("\n".join(lines[:5] + ['{"tokens": ["a"], "ner_tags": ["X-FOO"]}']
                                                        + lines[5:20]) + "\n", encoding="utf-8")
@@ -77,6 +99,9 @@ def world(tmp_path_factory, europeana, io_teacher, stage1_artifact):
     torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
     teacher = shutil.copytree(io_teacher, models / "teacher")
+    unreadable = shutil.copytree(student, models / "unreadable_weights")
+    shutil.copy(notes, inputs / "unreadable.txt")
+    shutil.copy(data / "train.jsonl", data / "unreadable.jsonl")
     configs = inputs / "configs"
     configs.mkdir()
     write_config(configs / "tiny.yaml", data, teacher)
@@ -87,8 +112,14 @@ def world(tmp_path_factory, europeana, io_teacher, stage1_artifact):
     (configs / "bad_yaml.yaml").write_text("training: {batch_size: 16\n")
     write_config(configs / "bad_value.yaml", data, teacher, training={"batch_size": 0})
     write_config(configs / "too_many_layers.yaml", data, teacher, student={"num_layers": 9})
+    write_config(configs / "checkpoints.yaml", data, teacher, training={"checkpoint_every_steps": 5})
+    shutil.copy(configs / "tiny.yaml", configs / "unreadable.yaml")
+    for path in (unreadable / "model.safetensors", inputs / "unreadable.txt", data / "unreadable.jsonl",
+                 configs / "unreadable.yaml"):
+        path.chmod(0)
     files = {"ids": "ids.jsonl", "bad_utf8": "bad_utf8.txt", "bad_json": "bad_json.jsonl", "csv": "notes.csv",
-             "cut_gz": "cut.txt.gz", "odd": "odd.txt", "folder": "folder.txt"}
+             "cut_gz": "cut.txt.gz", "odd": "odd.txt", "folder": "folder.txt", "many": "many.txt",
+             "unreadable": "unreadable.txt"}
     return {"root": root, "inputs": inputs, "data": data, "notes": notes, **{k: inputs / v for k, v in files.items()},
             **{p.name: p for p in models.iterdir()}, **{"config_" + p.stem: p for p in configs.iterdir()}}
 
@@ -119,6 +150,31 @@ def _checkpoint_with_code(world, out):
     torch.save({"state": Payload()}, state / "trainer_state.pt")
 
 
+def _small_disk(size: str):
+    """A tmpfs of `size` mounted at {out}/small, a real full disk; the row is skipped where mounting
+    is not allowed (the simulated disk-full rows still run)."""
+    def setup(world, out):
+        disk = out / "small"
+        disk.mkdir()
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True,
+                           capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            pytest.skip("this platform does not allow mounting a tmpfs")
+        return lambda: subprocess.run(["umount", str(disk)], check=True)
+    return setup
+
+
+def _after(args: list[str], code: int):
+    """Setup: run `args` first (a run that a fault stops), expecting exit `code`."""
+    def setup(world, out):
+        names = {k: str(v) for k, v in world.items()}
+        done = subprocess.run([sys.executable, *[a.format(out=out, **names) for a in args]], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == code, done.stderr[-3000:]
+    return setup
+
+
 def _injected(patch: str) -> list[str]:
     """`python -c` that applies `patch` (a fault at a dangerous point) and then runs the script
     named next, with the arguments after it, as `python SCRIPT ...` would."""
@@ -128,8 +184,16 @@ def _injected(patch: str) -> list[str]:
 
 # a fault as an expression that raises: lambdas cannot hold a raise statement
 _FULL_DISK = "(_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left on device', 'the file'))"
+# what safetensors raises on a full disk (seen on a real tmpfs): its own error, the errno only in the text
+_FULL_DISK_SAFETENSORS = ("(_ for _ in ()).throw(safetensors.SafetensorError('Error while serializing: I/O error: "
+                          "No space left on device (os error 28)'))")
 INFER = ["inference.py", "--model", "{student}"]
 TRAIN = ["train_kd.py", "--output", "{out}/run"]
+# kill -9 between the two renames of a checkpoint swap: the old checkpoint is aside, the new one staged
+KILLED_IN_CHECKPOINT_SWAP = _injected(
+    "import os, pathlib, signal; rename = pathlib.Path.rename; pathlib.Path.rename = lambda self, target: "
+    "os.kill(os.getpid(), signal.SIGKILL) if '.staging-' in self.name and str(target).endswith('.checkpoint') "
+    "else rename(self, target)") + TRAIN + ["--config", "{config_checkpoints}"]
 ROWS = [
     # data files: verify_data_format (data_loader.py) and the stages
     Row("data", "missing file", ["data_loader.py", "{out}/none.jsonl"], 1, "cannot read data file: No such file"),
@@ -138,6 +202,8 @@ ROWS = [
     Row("data", "invalid JSON", ["data_loader.py", "{data}/bad_json.jsonl"], 1, "bad_json.jsonl:2"),
     Row("data", "blank line", ["data_loader.py", "{data}/blank_line.jsonl"], 1, "blank_line.jsonl:2"),
     Row("data", "empty file", ["data_loader.py", "{data}/empty.jsonl"], 1, "empty.jsonl"),
+    Row("data", "an unreadable file", ["data_loader.py", "{data}/unreadable.jsonl"], 1,
+        "cannot read data file: Permission denied", unprivileged=True),
     Row("data", "good files pass", ["data_loader.py", "{data}/train.jsonl", "{data}/val.jsonl"], 0, "sentences"),
     Row("data", "stage 1 on a broken train file", TRAIN + ["--config", "{config_broken_train}"], 2,
         "broken_train.jsonl:6", absent=["run", "run.checkpoint"]),
@@ -149,6 +215,8 @@ ROWS = [
         absent=["run"]),
     Row("config", "more student layers than the teacher has", TRAIN + ["--config", "{config_too_many_layers}"], 2,
         "layers", absent=["run"]),
+    Row("config", "an unreadable config file", TRAIN + ["--config", "{config_unreadable}"], 2,
+        "cannot read config file: Permission denied", absent=["run"], unprivileged=True),
     Row("config", "missing config file", TRAIN + ["--config", "{out}/none.yaml"], 2, "none.yaml", absent=["run"]),
     Row("config", "a bad --set", TRAIN + ["--config", "{config_tiny}", "--set", "training.nope=1"], 2, "training.nope",
         absent=["run"]),
@@ -161,6 +229,10 @@ ROWS = [
         2, "no tokenizer files", absent=["o.jsonl", "o.jsonl.parts"]),
     Row("models", "truncated weights", INFER[:2] + ["{truncated}", "--input", "{notes}", "--output", "{out}/o.jsonl"],
         2, "model.safetensors is truncated or corrupt", absent=["o.jsonl", "o.jsonl.parts"]),
+    Row("models", "unreadable weights",
+        INFER[:2] + ["{unreadable_weights}", "--input", "{notes}", "--output", "{out}/o.jsonl"], 2,
+        "model.safetensors: cannot be read (Permission denied)", absent=["o.jsonl", "o.jsonl.parts"],
+        unprivileged=True),
     Row("models", "an empty folder", INFER[:2] + ["{empty}", "--input", "{notes}", "--output", "{out}/o.jsonl"], 2,
         "neither a pipeline artifact nor a Hugging Face model folder", absent=["o.jsonl"]),
     Row("models", "a teacher where a stage artifact is needed",
@@ -200,6 +272,8 @@ ROWS = [
         "expected a .txt or .jsonl file", absent=["o.jsonl"]),
     Row("inference", "a folder as input", INFER + ["--input", "{folder}", "--output", "{out}/o.jsonl"], 2,
         "is a folder; give a file", absent=["o.jsonl"]),
+    Row("inference", "an unreadable input", INFER + ["--input", "{unreadable}", "--output", "{out}/o.jsonl"], 2,
+        "cannot be read (Permission denied)", absent=["o.jsonl", "o.jsonl.parts"], unprivileged=True),
     Row("inference", "a missing input", INFER + ["--input", "{out}/none.txt", "--output", "{out}/o.jsonl"], 2,
         "no such file", absent=["o.jsonl"]),
     Row("inference", "--resume of nothing", INFER + ["--input", "{notes}", "--output", "{out}/o.jsonl", "--resume"],
@@ -222,7 +296,7 @@ ROWS = [
         + INFER + ["--input", "{notes}", "--output", "{out}/o.jsonl"], 2, "no space left on the device",
         absent=["o.jsonl"]),
     Row("faults", "disk full while prune_heads.py saves the model",
-        _injected(f"import models, errno; models.save_file = lambda *a, **k: {_FULL_DISK}")
+        _injected(f"import models, safetensors; models.save_file = lambda *a, **k: {_FULL_DISK_SAFETENSORS}")
         + ["prune_heads.py", "--config", "{config_tiny}", "--model", "{student}", "--output", "{out}/pruned"], 2,
         "no space left on the device", absent=["pruned", "pruned.lock"]),
     Row("faults", "kill -9 right after inference.py commits its first chunk",
@@ -235,6 +309,22 @@ ROWS = [
                   "signal.SIGKILL)")
         + ["prune_heads.py", "--config", "{config_tiny}", "--model", "{student}", "--output", "{out}/pruned"], -9,
         "", absent=["pruned"]),
+    Row("faults", "a full disk (a 512 KiB tmpfs) under prune_heads.py",
+        ["prune_heads.py", "--config", "{config_tiny}", "--model", "{student}", "--output", "{out}/small/pruned"], 2,
+        "no space left on the device", absent=["small/pruned", "small/pruned.lock"], setup=_small_disk("512k")),
+    Row("faults", "a full disk (a 64 KiB tmpfs) under inference.py",
+        INFER + ["--input", "{many}", "--output", "{out}/small/o.jsonl"], 2, "no space left on the device",
+        absent=["small/o.jsonl", "small/o.jsonl.lock"], setup=_small_disk("64k")),
+    Row("faults", "a full disk (a 512 KiB tmpfs) under train_kd.py",
+        ["train_kd.py", "--config", "{config_tiny}", "--output", "{out}/small/run"], 2,
+        "no space left on the device", absent=["small/run/model.safetensors", "small/run.lock"],
+        setup=_small_disk("512k")),
+    Row("faults", "kill -9 while train_kd.py swaps in a new checkpoint", KILLED_IN_CHECKPOINT_SWAP, -9, "",
+        exists=["run/training_log.jsonl"], absent=["run/training_summary.json", "run.checkpoint"]),
+    Row("faults", "--resume after a kill -9 in the middle of a checkpoint swap",
+        TRAIN + ["--config", "{config_checkpoints}", "--resume"], 0, "Resuming from epoch 1, step 5 ",
+        exists=["run/training_summary.json", "run.checkpoint/trainer_state.pt"], absent=["run.lock"],
+        setup=_after(KILLED_IN_CHECKPOINT_SWAP, -9)),
     Row("faults", "evaluate.py --output where it cannot be written",
         ["evaluate.py", "--model", "{student}", "--data", "{data}/test.jsonl", "--output", "{notes}/r.json"], 2,
         "cannot write in"),
@@ -254,27 +344,29 @@ def test_fault(row, world, tmp_path):
     args = [a.format(out=out, **names) for a in row.args]
     before = _files(world)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NER_MODEL": str(world["student"])}
-    try:
-        done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    prefix = _unprivileged_prefix() if row.unprivileged else []
+    try:  # the checks run before the cleanup: a row's tmpfs holds what it checks
+        done = subprocess.run([*prefix, sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=600, env=env)
+        shown = done.stderr + done.stdout
+        assert done.returncode == row.code, shown[-3000:]
+        assert row.phrase in (done.stderr if row.code else shown), shown[-3000:]
+        assert "Traceback" not in shown
+        assert _files(world) == before, "an input file changed"
+        for name in row.exists:
+            assert (out / name).exists(), name
+        for name in row.absent:
+            assert not (out / name).exists(), name
     finally:
         if cleanup:
             cleanup()
-    shown = done.stderr + done.stdout
-    assert done.returncode == row.code, shown[-3000:]
-    assert row.phrase in (done.stderr if row.code else shown), shown[-3000:]
-    assert "Traceback" not in shown
-    assert _files(world) == before, "an input file changed"
-    for name in row.exists:
-        assert (out / name).exists(), name
-    for name in row.absent:
-        assert not (out / name).exists(), name
 
 
 def test_the_matrix_covers_every_area():
     areas = {}
     for row in ROWS:
         areas[row.area] = areas.get(row.area, 0) + 1
-    assert len(ROWS) >= 49 and set(areas) == {"data", "config", "models", "inference", "faults", "security"}
+    assert len(ROWS) >= 58 and set(areas) == {"data", "config", "models", "inference", "faults", "security"}
 
 
 def test_no_unsafe_loading_anywhere_in_the_code():

@@ -67,7 +67,7 @@ def read_json_line(line):
 StopAtCheck = stop_after(7)
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, monkeypatch):
+def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, monkeypatch, capsys):
     config = write_config(tmp_path / "config.yaml", europeana, io_teacher,
                           training={"max_epochs": 2, "checkpoint_every_steps": 4})
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -75,10 +75,20 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, 
 
     monkeypatch.setattr(training, "StopFlag", StopAtCheck)
     assert train_kd.main(["--config", str(config), "--output", str(interrupted)]) == 143
-    state = torch.load(tmp_path / "interrupted.checkpoint" / "trainer_state.pt", weights_only=True)["state"]
+    checkpoint = torch.load(tmp_path / "interrupted.checkpoint" / "trainer_state.pt", weights_only=True)
+    state = checkpoint["state"]
     assert (state["epoch"], state["global_step"]) == (0, 7) and state["batches_done"] == 7
+    assert checkpoint["machine"] == {"device": "cpu", "cpu_threads": torch.get_num_threads(), "processes": 1,
+                                     "torch": str(torch.__version__)}
     monkeypatch.setattr(training, "StopFlag", StopAtCheck.__mro__[1])
+    # a resume that believes it runs with other threads says its numbers may drift (here they do not)
+    record = training.machine_record
+    monkeypatch.setattr(training, "machine_record", lambda runtime: {**record(runtime), "cpu_threads": 99})
+    capsys.readouterr()
     assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "This machine differs" in said and f"cpu_threads: {torch.get_num_threads()} -> 99" in said
+    assert "The config differs" not in said
 
     a, b = read_json(straight / "training_summary.json"), read_json(interrupted / "training_summary.json")
     assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
