@@ -31,7 +31,7 @@ $(INSTALLED): requirements.txt
 	@[ -x $(PY) ] || python3 -m venv .venv
 	@# the CPU build of torch from local disk, unless a torch is already installed
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -r requirements.txt pytest
+	$(PY) -m pip install --quiet -r requirements.txt pytest tensorboard
 	@touch $@
 
 test: $(INSTALLED)
@@ -62,8 +62,8 @@ $(DEMO)/entities.jsonl: $(DEMO)/student_final/training_summary.json data/phrases
 
 $(DEMO)/report.json: $(DEMO)/entities.jsonl
 	$(PY) evaluate.py --config configs/demo.yaml --data data/test.jsonl --output $@ \
-		--model artifacts/demo_teacher --model $(DEMO)/student --model $(DEMO)/student_pruned \
-		--model $(DEMO)/student_final
+		--plot $(DEMO)/f1_per_type.png --model artifacts/demo_teacher --model $(DEMO)/student \
+		--model $(DEMO)/student_pruned --model $(DEMO)/student_final
 
 # --- the real pipeline (RunPod) -----------------------------------------------------------
 # Stops at the first failing stage. A stage stopped by a signal resumes from its checkpoint, and

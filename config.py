@@ -113,6 +113,7 @@ class TrainingConfig:
     crf_learning_rate: float = _field(5.0e-3, gt=0)  # CRF transitions start near 0 and need a larger step
     seed: int = 42
     num_workers: int = _field(0, min=0)
+    report_to: str = _field("none", choices=("none", "tensorboard"))  # live curves in RUN/tensorboard/
 
 
 @dataclass(frozen=True)

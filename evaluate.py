@@ -2,7 +2,7 @@
 
     python evaluate.py --model Jean-Baptiste/camembert-ner --model artifacts/student_10L_final --data data/test.jsonl
     python evaluate.py --model artifacts/student_10L --model artifacts/student_10L_final \\
-        --data data/test.jsonl --output report.json
+        --data data/test.jsonl --output report.json --plot report.png
 
 For each model: seqeval strict IOB2 precision, recall and F1, overall and per type, in the
 data's label space (a teacher's labels are mapped as in stage 1: by type name, MISC folded
@@ -18,6 +18,7 @@ from pathlib import Path
 from data_loader import read_examples, read_label2id
 from decoding import map_entity_types, predict, seqeval_scores
 from models import count_parameters, load_any_model, project_labels
+from plots import comparison_data, draw_comparison
 from precision import PRECISIONS, for_inference
 from config import DEFAULT_CONFIG, add_config_args, load_config
 from utils import PipelineError, check_writable, init_runtime, markdown_table, run_cli, write_json
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="labelled JSONL (BIO tags)")
     parser.add_argument("--label2id", help="the label set (default: label2id.json beside --data)")
     parser.add_argument("--output", help="write the report as JSON")
+    parser.add_argument("--plot", help="draw F1 per entity type, one bar per model, into this PNG")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--latency-sentences", type=int, default=50,
                         help="sentences timed one at a time for the p50 latency (default 50)")
@@ -78,8 +80,9 @@ def main(argv=None) -> int:
                         help="one or more of fp32, bf16, int8: each model is measured at each (default fp32)")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    if args.output:
-        check_writable(args.output, (args.data,))
+    for flag, target in (("--output", args.output), ("--plot", args.plot)):
+        if target:
+            check_writable(target, (args.data,), flag=flag)
     label2id_file = Path(args.label2id) if args.label2id else Path(args.data).with_name("label2id.json")
     if not label2id_file.is_file():
         raise PipelineError(f"{label2id_file}: no label2id.json; pass --label2id.")
@@ -103,6 +106,10 @@ def main(argv=None) -> int:
     if args.output:
         write_json(args.output, {"data": str(args.data), "device": str(runtime.device), "models": rows})
         print(f"Report written to {args.output}")
+    if args.plot:
+        draw_comparison(comparison_data(rows), args.plot,
+                        title=f"F1 per entity type on {Path(args.data).name} ({len(sentences)} sentences, {runtime.device})")
+        print(f"Picture written to {args.plot}")
     return 0
 
 

@@ -16,6 +16,7 @@ output logits).
 """
 import argparse
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 
 from data_loader import collate_windows, encode_sentences, read_examples
 from decoding import seqeval_scores
-from model_card import CARD_NAME, card_for_model
+from model_card import CARD_NAME, card_for_model, pictures_in
 from models import count_parameters, crf_record, full_shape_backbone, load_model
 from precision import export_onnx
 from training import SUMMARY_FILE, evaluate, make_eval_set
@@ -156,9 +157,12 @@ def main(argv=None) -> int:
             "data": data_file, "scores": scores, "onnx": args.onnx, "package_versions": package_versions(),
             "command": ["export.py"] + list(argv if argv is not None else sys.argv[1:])})
         note = _crf_note(scores) if model.crf is not None else None
+        for picture, _ in pictures_in(source):  # the Hub shows them in the card
+            shutil.copy2(Path(source) / picture, staging / picture)
         write_text(staging / CARD_NAME, card_for_model(model, output.name, model.info.stage, data, scores,
                                                         headline_split=next(iter(scores), None),
-                                                        notes=[note] if note else [], exported=True))
+                                                        notes=[note] if note else [], exported=True,
+                                                        pictures=pictures_in(staging)))
     line = "; ".join(f"F1 {split} {s['overall']['f1']:.4f}" for split, s in scores.items())
     print(f"Exported {source} -> {output} (full shapes, largest logit difference {difference:.1e}"
           + (f"; on {data_file}: {line}" if line else "") + ").")

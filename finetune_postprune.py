@@ -7,16 +7,21 @@
 Uses the training loop of stage 1 with the config's `finetune` section: its epochs, learning
 rate and loss weights (gold-label CE and CRF, plus KD from the teacher when
 `finetune.use_teacher` is true). Writes into --output what stage 1 writes: the best model by
-val F1 with its README.md model card, training_log.jsonl, training_summary.json, and the
+val F1 with its README.md model card, training_log.jsonl, training_summary.json,
+training_curves.png (and a copy of stage 2's heads_pruned.png, which the card shows too), and the
 checkpoint in <output>.checkpoint/.
 """
 import argparse
+import shutil
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from config import add_config_args, load_config, stage_config
 from models import count_parameters, heads_per_layer, load_model, load_teacher, project_labels
-from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
+from plots import PRUNING_FILE
+from training import (Stage, add_run_args, check_report_to, load_student_for_resume, prepare_run_dir,
+                      read_stage_data, run_stage)
 from utils import close_runtime, init_runtime, releasing_claims, run_cli, set_seed
 from vocabulary import teacher_to_student_ids
 
@@ -31,6 +36,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = args.overrides + ([f"finetune.epochs={args.epochs}"] if args.epochs is not None else [])
     config = load_config(args.config, overrides)
+    check_report_to(config.training.report_to)
     runtime = init_runtime(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     prepare_run_dir(args, runtime, create=False)
@@ -51,6 +57,8 @@ def main(argv=None) -> int:
     else:
         say("Fine-tuning on gold labels only (no teacher).")
     run_dir = prepare_run_dir(args, runtime)
+    if runtime.is_main and (Path(args.model) / PRUNING_FILE).is_file():  # the final model's card shows it too
+        shutil.copy2(Path(args.model) / PRUNING_FILE, run_dir / PRUNING_FILE)
     set_seed(config.training.seed)
     if args.resume:
         student, _ = load_student_for_resume(run_dir, "cpu")

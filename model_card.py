@@ -109,10 +109,20 @@ def usage_section(folder_name: str, has_crf: bool, exported: bool) -> str:
             f"```bash\npython export.py --model {folder_name} --output {folder_name}_export\n```")
 
 
+# the pictures a model folder may hold (plots.py), in the order a card shows them
+PICTURES = (("training_curves.png", "Training curves: loss terms, learning rate and validation F1"),
+            ("heads_pruned.png", "Attention-head importance and the heads pruning removed"))
+
+
+def pictures_in(folder: str | Path) -> list[tuple[str, str]]:
+    """(file name, caption) of the pictures present in a model folder."""
+    return [(name, caption) for name, caption in PICTURES if (Path(folder) / name).is_file()]
+
+
 def card_for_model(model: NERModel, name: str, stage: str, data: dict[str, dict],
                    scores_by_split: dict[str, dict], headline_split: str | None, notes: list[str] = (),
-                   exported: bool = False) -> str:
-    """The whole README.md of a model folder."""
+                   exported: bool = False, pictures: list[tuple[str, str]] = ()) -> str:
+    """The whole README.md of a model folder; `pictures` (file, caption) are embedded by relative link."""
     info = model.info
     headline = scores_by_split.get(headline_split) if headline_split else None
     split = headline_split.split(",")[0].split(" (")[0] if headline_split else None  # "test, CRF decoding" -> test
@@ -132,6 +142,8 @@ def card_for_model(model: NERModel, name: str, stage: str, data: dict[str, dict]
         parts += ["## Scores", "seqeval, strict IOB2 (an entity counts when its type and both ends are right).",
                   scores_table(scores_by_split)]
     parts += list(notes)
+    if pictures:
+        parts += ["## Pictures"] + [f"![{caption}]({file})" for file, caption in pictures]
     parts += ["## How to use", usage_section(name, model.crf is not None, exported)]
     return "\n\n".join(parts) + "\n"
 

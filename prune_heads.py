@@ -8,8 +8,8 @@ The heads are removed physically (their query/key/value rows and output columns)
 saved model is smaller and faster. Writes into --output, all at once when done: the pruned
 model, heads_pruned_mask.json (which heads, keep mask, importance scores),
 ffn_pruned_mask.json when FFN neurons are pruned (which neurons, per layer), and
-pruning_summary.json (parameters and val scores before and after, time taken), and a README.md
-model card.
+pruning_summary.json (parameters and val scores before and after, time taken), heads_pruned.png
+(the importance map of each round, removed heads crossed) and a README.md model card.
 """
 import argparse
 import sys
@@ -19,8 +19,9 @@ from dataclasses import replace
 
 from config import add_config_args, config_to_dict, load_config
 from data_loader import batches_by_length, collate_windows, encode_sentences, read_examples
-from model_card import CARD_NAME, card_for_model, stage_data
+from model_card import CARD_NAME, card_for_model, pictures_in, stage_data
 from models import count_parameters, heads_per_layer, load_model, neurons_per_layer, save_model
+from plots import PRUNING_FILE, draw_pruning, pruning_data
 from precision import autocast_for, resolve_precision
 from pruning import heads_record, neurons_record, plan_neuron_count, plan_prune_count, prune_model
 from training import SUMMARY_FILE, evaluate, make_eval_set
@@ -98,15 +99,16 @@ def main(argv=None) -> int:
         "config": config_to_dict(config),
         "data": stage_data(config_to_dict(config)["data"], {"validation": len(val_examples)}),
     }
-    card = card_for_model(model, output.name, "pruned", summary["data"],
-                          {"validation (before pruning)": before, "validation": after}, headline_split="validation")
+    scores = {"validation (before pruning)": before, "validation": after}
     with publishing(output) as staging:
         save_model(model, tokenizer, staging, stage="pruned")
         write_json(staging / "heads_pruned_mask.json", mask)
         if neurons_mask:
             write_json(staging / "ffn_pruned_mask.json", neurons_mask)
         write_json(staging / "pruning_summary.json", summary)
-        write_text(staging / CARD_NAME, card)
+        draw_pruning(pruning_data(staging, name=output.name), staging / PRUNING_FILE)
+        write_text(staging / CARD_NAME, card_for_model(model, output.name, "pruned", summary["data"], scores,
+                                                       headline_split="validation", pictures=pictures_in(staging)))
     neurons = (f" and {neurons_mask['pruned_this_run']} of {sum(neurons_before)} FFN neurons"
                if neurons_mask and neurons_mask["pruned_this_run"] else "")
     print(f"Removed {mask['pruned_this_run']} of {sum(heads_before)} heads{neurons}: parameters "

@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 2 train_kd.py --output artifacts/student_10L   # several GPUs (DDP)
 
 Writes into --output: the best student by val F1 (config.json, model.safetensors, tokenizer
-files, a README.md model card), training_log.jsonl and training_summary.json; the checkpoint goes to
+files, a README.md model card), training_log.jsonl, training_summary.json and training_curves.png
+(with training.report_to: tensorboard, event files in <output>/tensorboard/ too); the checkpoint goes to
 the sibling folder <output>.checkpoint/. With student.trim_vocabulary
 the student keeps only the vocabulary pieces the data uses (its tokenizer is rewritten).
 """
@@ -16,7 +17,8 @@ import sys
 from config import add_config_args, load_config
 from data_loader import read_label2id
 from models import build_student, count_parameters, load_teacher, project_labels, select_teacher_layers
-from training import Stage, add_run_args, load_student_for_resume, prepare_run_dir, read_stage_data, run_stage
+from training import (Stage, add_run_args, check_report_to, load_student_for_resume, prepare_run_dir,
+                      read_stage_data, run_stage)
 from utils import close_runtime, init_runtime, releasing_claims, run_cli, set_seed
 from vocabulary import describe_trim, kept_ids, read_vocabulary_texts, trim_embeddings, trim_tokenizer
 
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     add_run_args(parser, default_output="artifacts/student_10L")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
+    check_report_to(config.training.report_to)
     runtime = init_runtime(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     prepare_run_dir(args, runtime, create=False)

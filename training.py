@@ -13,6 +13,7 @@ A stage script builds one `Stage` (the models and the settings of this run) and 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pickle
@@ -35,8 +36,9 @@ from data_loader import (EncodedWindow, Example, LengthGroupedBatchSampler, coll
                          read_examples)
 from decoding import predict_windows, seqeval_scores, word_level_emissions
 from losses import KDMapping, TeacherTargets, combined_loss, partial_crf_nll, pseudo_label_targets
-from model_card import CARD_NAME, card_for_model, stage_data
+from model_card import CARD_NAME, card_for_model, pictures_in, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
+from plots import CURVES_FILE, curves_data, draw_curves
 from precision import autocast_for, resolve_precision
 from utils import (PipelineError, Runtime, claim_output, describe_changes, find_published, package_versions,
                    prepare_output_dir, publishing, write_json, write_text)
@@ -46,6 +48,7 @@ from vocabulary import teacher_to_student_ids
 CHECKPOINT_SUFFIX = ".checkpoint"  # artifacts/student_10L -> artifacts/student_10L.checkpoint
 LEGACY_CHECKPOINT_DIR = "checkpoint"  # inside the run folder, as runs before the move wrote it
 TRAINER_STATE = "trainer_state.pt"
+TENSORBOARD_DIR = "tensorboard"
 LOG_FILE = "training_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
 
@@ -352,6 +355,7 @@ class Loop:
     autocast: object                 # a factory of autocast contexts
     stop_group: object               # the gloo group that agrees on stopping (DDP)
     pending_rng: dict | None = None  # RNG states of a resumed run, restored as its first batch is drawn
+    report: "TensorBoardReport | None" = None  # training.report_to: tensorboard, main process only
 
     @classmethod
     def create(cls, stage: Stage, windows: list[EncodedWindow]) -> "Loop":
@@ -391,13 +395,19 @@ def train(stage: Stage, data: EncodedData, stop: StopFlag, resume: bool = False)
     started = time.time()
     loop = Loop.create(stage, data.train)
     state = restore(stage, loop) if resume else start(stage, loop, data.val)
+    if stage.runtime.is_main and stage.training.report_to == "tensorboard":
+        loop.report = TensorBoardReport(stage.run_dir, state.global_step)
     running = RunningLoss(state.log_sums, state.log_batches)
     stopped_by, early_stopped = None, 0 < stage.training.early_stopping_patience <= state.bad_epochs
-    while state.epoch < stage.training.max_epochs and not early_stopped:
-        stopped_by = train_one_epoch(stage, loop, state, running, stop)
-        if stopped_by:
-            break
-        early_stopped = end_of_epoch(stage, loop, state, running, data.val)
+    try:
+        while state.epoch < stage.training.max_epochs and not early_stopped:
+            stopped_by = train_one_epoch(stage, loop, state, running, stop)
+            if stopped_by:
+                break
+            early_stopped = end_of_epoch(stage, loop, state, running, data.val)
+    finally:
+        if loop.report is not None:
+            loop.report.close()
     state.elapsed += time.time() - started
     if stage.runtime.distributed:
         torch.distributed.barrier()  # rank 0 has finished writing the best model
@@ -488,7 +498,7 @@ def train_one_epoch(stage: Stage, loop: Loop, state: LoopState, running: Running
                 continue
             state.global_step += 1
             if state.global_step % training.log_every_steps == 0:
-                record = _write_log_line(stage, state, running, loop.optim.learning_rate)
+                record = _write_log_line(stage, state, running, loop.optim.learning_rate, loop.report)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if _sync_stop(stop.requested, stage.runtime, loop.stop_group):
                 save_checkpoint(stage, loop, state, running)
@@ -505,6 +515,11 @@ def end_of_epoch(stage: Stage, loop: Loop, state: LoopState, running: RunningLos
     overall = scores["overall"]
     improved = overall["f1"] > state.best_f1
     state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "val": scores})
+    if stage.runtime.is_main:
+        record = val_record(state.epoch + 1, state.global_step, scores)
+        _append_log(stage.run_dir, record)
+        if loop.report is not None:
+            loop.report.val(record)
     if improved:
         state.best_f1, state.best_epoch, state.best_scores, state.bad_epochs = (
             overall["f1"], state.epoch + 1, scores, 0)
@@ -624,13 +639,60 @@ def _forward_backward(stage: Stage, loop: Loop, state: LoopState, batch, boundar
     return loss, terms
 
 
-def _write_log_line(stage: Stage, state: LoopState, running: RunningLoss, learning_rate: float) -> dict:
+def _write_log_line(stage: Stage, state: LoopState, running: RunningLoss, learning_rate: float,
+                    report: "TensorBoardReport | None" = None) -> dict:
     record = {"epoch": state.epoch + 1, "step": state.global_step, "lr": learning_rate}
     record.update(running.read_and_reset(stage.runtime.world_size))  # the one device sync per log line
     if stage.runtime.is_main:
-        with (stage.run_dir / LOG_FILE).open("a") as log:
-            log.write(json.dumps(record) + "\n")
+        _append_log(stage.run_dir, record)
+        if report is not None:
+            report.train_line(record)
     return record
+
+
+def _append_log(run_dir: Path, record: dict) -> None:
+    with (run_dir / LOG_FILE).open("a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def val_record(epoch: int, step: int, scores: dict) -> dict:
+    """The log line of an epoch's validation: val_precision, val_recall, val_f1, val_f1_<TYPE>."""
+    overall = scores["overall"]
+    return {"epoch": epoch, "step": step, "val_precision": overall["precision"], "val_recall": overall["recall"],
+            "val_f1": overall["f1"], **{f"val_f1_{t}": s["f1"] for t, s in sorted(scores["per_type"].items())}}
+
+
+class TensorBoardReport:
+    """training.report_to: tensorboard: the log lines and each epoch's validation scores as
+    scalars in RUN/tensorboard/, against optimizer steps."""
+
+    def __init__(self, run_dir: Path, resumed_at_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+        # a resumed run hides what the interrupted one logged after its checkpoint
+        self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR),
+                                    purge_step=resumed_at_step + 1 if resumed_at_step else None)
+
+    def train_line(self, record: dict) -> None:
+        for name, value in record.items():
+            if name not in ("epoch", "step"):
+                self.writer.add_scalar(f"train/{name}", value, record["step"])
+
+    def val(self, record: dict) -> None:
+        for name, value in record.items():
+            if name.startswith("val_"):
+                self.writer.add_scalar(f"val/{name[len('val_'):]}", value, record["step"])
+        self.writer.add_scalar("val/epoch", record["epoch"], record["step"])
+        self.writer.flush()  # at least once an epoch, so that a watcher sees it
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def check_report_to(report_to: str) -> None:
+    """training.report_to: tensorboard needs the tensorboard package: say so before any slow step."""
+    if report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise PipelineError("training.report_to: tensorboard needs the tensorboard package, which is not "
+                            "installed. Install it (pip install tensorboard), or set training.report_to: none.")
 
 
 def _sync_stop(flag: bool, runtime: Runtime, group) -> bool:
@@ -824,9 +886,11 @@ def finish_run(stage: Stage, result: TrainResult, summary: dict) -> int:
         "wall_time_s": round(result.wall_time, 1),
     })
     write_json(run_dir / SUMMARY_FILE, summary)
+    draw_curves(curves_data(run_dir), run_dir / CURVES_FILE)
     scores = {"validation": state.best_scores, **({"test": result.test_scores} if result.test_scores else {})}
     card = card_for_model(stage.student, run_dir.name, stage.name, summary["data"], scores,
-                          headline_split="test" if result.test_scores else "validation")
+                          headline_split="test" if result.test_scores else "validation",
+                          pictures=pictures_in(run_dir))
     write_text(run_dir / CARD_NAME, card)
     test = (f", test F1 {result.test_scores['overall']['f1']:.4f}" if result.test_scores else "")
     print(f"\nBest model (epoch {state.best_epoch}, val F1 {state.best_f1:.4f}{test}) saved in {run_dir}; "

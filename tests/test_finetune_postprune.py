@@ -41,6 +41,9 @@ def test_finetuning_keeps_the_pruned_shape_and_improves_val_f1(tmp_path, europea
     assert {(r[1], r[4]) for r in rows} == {(kind, f"{row['f1']:.4f}") for kind, row in summary["test"]["per_type"].items()} \
         | {("overall (micro)", f"{summary['test']['overall']['f1']:.4f}")}
     assert not (out / "checkpoint").exists() and (tmp_path / "final.checkpoint" / "trainer_state.pt").is_file()
+    # the final model's card shows its own training curves and stage 2's pruning map
+    assert (out / "heads_pruned.png").read_bytes() == (pruned_artifact / "heads_pruned.png").read_bytes()
+    assert "](training_curves.png)" in card and "](heads_pruned.png)" in card
 
 
 def test_gold_labels_only_needs_no_teacher(tmp_path, europeana, pruned_artifact):

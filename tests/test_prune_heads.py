@@ -54,6 +54,14 @@ def test_prunes_a_quarter_of_the_heads_and_writes_three_outputs(tmp_path, tiny_c
     val_sentences = summary["data"]["validation"]["sentences"]
     assert f"- validation: `val.jsonl`, {val_sentences:,} sentences" in card and val_sentences > 0
 
+    # the pruning map: drawn from the mask record, one round, the removed heads crossed
+    from plots import PRUNING_FILE, pruning_data
+    drawn = pruning_data(out)
+    assert [r.importance for r in drawn.rounds] == mask["importance"] and drawn.neurons is None
+    assert drawn.rounds[0].removed == {(int(l), h) for l, heads in mask["pruned_heads"].items() for h in heads}
+    assert (out / PRUNING_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![Attention-head importance and the heads pruning removed]({PRUNING_FILE})" in card
+
 
 def test_pruning_a_pruned_artifact_again(tmp_path, tiny_config, stage1_artifact):
     once, twice = tmp_path / "once", tmp_path / "twice"

@@ -42,7 +42,10 @@ def test_one_epoch_beats_untrained_student_and_reloads_identically(tmp_path, tin
     assert "MISC" in summary["label_projection"] and "folded into O" in summary["label_projection"]
 
     log = [read_json_line(l) for l in (out / "training_log.jsonl").read_text().splitlines()]
+    val_lines = [r for r in log if "val_f1" in r]
+    log = [r for r in log if "loss" in r]
     assert [r["step"] for r in log] == list(range(5, 5 * len(log) + 1, 5))
+    assert [(r["epoch"], r["val_f1"]) for r in val_lines] == [(1, trained)]
     assert {"epoch", "step", "lr", "ce", "kd", "hidden", "crf", "loss", "samples_per_s"} <= set(log[0])
 
     model, tokenizer = load_model(out)

@@ -172,3 +172,15 @@ def test_writability_and_input_checks_come_before_any_work(tmp_path):
         check_writable(tmp_path / "a_file" / "r.json", flag="--report")
     check_writable(tmp_path / "new" / "deeper" / "r.json")
     assert (tmp_path / "new" / "deeper").is_dir() and not list((tmp_path / "new" / "deeper").iterdir())
+
+
+def test_an_output_in_a_folder_that_does_not_exist_yet_is_claimed_and_released(tmp_path):
+    from utils import claim_output, release_claims
+    target = tmp_path / "new" / "deeper" / "student"        # artifacts/demo/student on a clean checkout
+    claim_output(target)
+    assert (tmp_path / "new" / "deeper" / "student.lock").read_text().split()[0] == str(os.getpid())
+    release_claims()
+    assert not (tmp_path / "new" / "deeper" / "student.lock").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PipelineError, match=r"cannot write beside .*file/student"):
+        claim_output(tmp_path / "file" / "student")                     # a file where a folder should be
