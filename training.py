@@ -656,10 +656,12 @@ def _append_log(run_dir: Path, record: dict) -> None:
 
 
 def val_record(epoch: int, step: int, scores: dict) -> dict:
-    """The log line of an epoch's validation: val_precision, val_recall, val_f1, val_f1_<TYPE>."""
-    overall = scores["overall"]
-    return {"epoch": epoch, "step": step, "val_precision": overall["precision"], "val_recall": overall["recall"],
-            "val_f1": overall["f1"], **{f"val_f1_{t}": s["f1"] for t, s in sorted(scores["per_type"].items())}}
+    """The log line of an epoch's validation: val_precision, val_recall, val_f1, then the same per
+    entity type (val_precision_PER, ...)."""
+    record = {"epoch": epoch, "step": step}
+    for suffix, values in [("", scores["overall"])] + [(f"_{t}", s) for t, s in sorted(scores["per_type"].items())]:
+        record.update({f"val_{name}{suffix}": values[name] for name in ("precision", "recall", "f1")})
+    return record
 
 
 class TensorBoardReport:

@@ -42,7 +42,10 @@ def test_a_finished_run_draws_losses_learning_rate_and_val_f1_with_the_best_epoc
     # each epoch's validation is in the log too, so a run that is still going has it
     val_lines = [r for r in log if "val_f1" in r]
     assert [(r["epoch"], r["val_f1"]) for r in val_lines] == curves.val_f1[1:]
-    assert {f"val_f1_{t}" for t in summary["val"]["per_type"]} <= set(val_lines[0])
+    best_line = next(r for r in val_lines if r["epoch"] == summary["best_epoch"])
+    for kind, scores in summary["val"]["per_type"].items():
+        assert [best_line[f"val_{m}_{kind}"] for m in ("precision", "recall", "f1")] == \
+            [scores[m] for m in ("precision", "recall", "f1")]
     # stage 1 drew it, 16 x 4.8 inches at 100 dpi, and the model card shows it
     assert png_size(tensorboard_run / plots.CURVES_FILE) == (1600, 480)
     assert "![Training curves: loss terms, learning rate and validation F1](training_curves.png)" in \
@@ -101,8 +104,8 @@ def test_tensorboard_event_files_read_back_as_the_logged_values(tensorboard_run)
         assert read(f"train/{name}") == ([r["step"] for r in train], [r[name] for r in train]), name
     assert read("val/f1") == ([r["step"] for r in val], [r["val_f1"] for r in val]) and len(val) == 2
     assert read("val/precision") == ([r["step"] for r in val], [r["val_precision"] for r in val])
-    per_type = [k[len("val_"):] for k in val[0] if k.startswith("val_f1_")]
-    assert per_type and all(f"val/{k}" in events.Tags()["scalars"] for k in per_type)
+    per_type = [k[len("val_"):] for k in val[0] if k.startswith(("val_precision_", "val_recall_", "val_f1_"))]
+    assert len(per_type) >= 3 and all(f"val/{k}" in events.Tags()["scalars"] for k in per_type)
 
 
 def test_report_to_tensorboard_without_the_package_says_what_to_install(monkeypatch):
