@@ -59,7 +59,8 @@ def test_prunes_a_quarter_of_the_heads_and_writes_three_outputs(tmp_path, tiny_c
     drawn = pruning_data(out)
     assert [r.importance for r in drawn.rounds] == mask["importance"] and drawn.neurons is None
     assert drawn.rounds[0].removed == {(int(l), h) for l, heads in mask["pruned_heads"].items() for h in heads}
-    assert (out / PRUNING_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from test_plots import png_size
+    assert png_size(out / PRUNING_FILE) == (550, 400)      # one panel of 3 layers x 4 heads
     assert f"![Attention-head importance and the heads pruning removed]({PRUNING_FILE})" in card
 
 
