@@ -319,13 +319,14 @@ def _refuse_pickled_weights(folder: Path) -> None:
 
 def _refuse_unreadable_files(folder: Path) -> None:
     """Each file of a model folder must open for reading: else one line naming it (not a loader's guess)."""
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
+    path = folder
+    try:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
             with path.open("rb"):
                 pass
-        except OSError as error:
-            raise ModelLoadError(f"{path}: cannot be read ({error.strerror}). Check its permissions, or copy "
-                                 "the folder again.") from None
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot be read ({error.strerror}). Check its permissions, or copy "
+                             "the folder again.") from None
 
 
 def _is_local_reference(name_or_path: str) -> bool:
@@ -669,9 +670,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
 
 def load_any_model(name_or_path: str, device: str | torch.device = "cpu") -> tuple[NERModel, object]:
     """A pipeline artifact if the folder is one, else a teacher (hub id or HF folder)."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        _refuse_unreadable_files(folder)  # else an unreadable config.json reads as "not an artifact"
     if is_pipeline_artifact(name_or_path):
         return load_model(name_or_path, device)
-    folder = Path(name_or_path).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is neither a pipeline artifact nor a Hugging Face model folder (it has "
                              "no config.json). Pass a folder written by a stage script, a teacher folder, "

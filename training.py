@@ -38,7 +38,7 @@ from decoding import predict_windows, seqeval_scores, word_level_emissions
 from losses import KDMapping, TeacherTargets, combined_loss, partial_crf_nll, pseudo_label_targets
 from model_card import CARD_NAME, card_for_model, pictures_in, stage_data
 from models import LabelProjection, NERModel, count_parameters, heads_per_layer, load_model, save_model
-from plots import CURVES_FILE, curves_data, draw_curves
+from plots import CURVES_FILE, curves_data, draw_curves, read_log
 from precision import autocast_for, resolve_precision
 from utils import (PipelineError, Runtime, claim_output, describe_changes, find_published, package_versions,
                    prepare_output_dir, publishing, write_json, write_text)
@@ -455,10 +455,9 @@ def restore(stage: Stage, loop: Loop) -> LoopState:
                   "numbers will drift from an uninterrupted run's):\n  " + "\n  ".join(moved))
     log_path = stage.run_dir / LOG_FILE
     if stage.runtime.is_main and log_path.exists():  # drop lines logged after the checkpoint
-        lines = [l for l in log_path.read_text().splitlines() if l.strip()
-                 and json.loads(l).get("step", 0) <= state.global_step]
+        records, _ = read_log(log_path)  # a line cut by a kill is dropped too
         with publishing(log_path) as staging:
-            staging.write_text("".join(l + "\n" for l in lines))
+            staging.write_text("".join(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= state.global_step))
     return state
 
 

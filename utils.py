@@ -251,6 +251,10 @@ def claim_output(target: str | Path) -> None:
     lock = Path(target).with_name(Path(target).name + ".lock")
     if lock in _claims and holder_of(lock) == (os.getpid(), socket.gethostname()):
         return
+    try:  # an output in a folder that does not exist yet (artifacts/new/student): made, as the stage would
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PipelineError(f"cannot write beside {target}: {error.strerror} ({lock.parent}).") from None
     _claims.add(acquire_lock(Path(target), wait_s=0))
 
 
@@ -276,10 +280,6 @@ def acquire_lock(target: Path, wait_s: float) -> Path:
     """Create `TARGET.lock` naming this process, waiting at most `wait_s` for another holder."""
     lock = target.with_name(target.name + ".lock")
     deadline = time.monotonic() + wait_s
-    try:  # an output in a folder that does not exist yet (artifacts/new/student): made, as the stage would
-        lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PipelineError(f"cannot write beside {target}: {error.strerror} ({lock.parent}).") from None
     while True:
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

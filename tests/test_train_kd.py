@@ -88,6 +88,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, europeana, io_teacher, 
     record = training.machine_record
     monkeypatch.setattr(training, "machine_record", lambda runtime: {**record(runtime), "cpu_threads": 99})
     capsys.readouterr()
+    with (interrupted / "training_log.jsonl").open("a") as log:
+        log.write('{"epoch": 1, "step": 8, "lr": 0.0')  # a line that a kill -9 cut: dropped by the resume
     assert train_kd.main(["--config", str(config), "--output", str(interrupted), "--resume"]) == 0
     said = capsys.readouterr().out
     assert "This machine differs" in said and f"cpu_threads: {torch.get_num_threads()} -> 99" in said
